@@ -1,0 +1,1 @@
+"""shitu_features.inference."""

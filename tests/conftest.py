@@ -1,0 +1,51 @@
+"""Shared test fixtures: where the golden reference fixtures and real datasets live.
+
+The reference fixtures are used in place at ``../shared/reference`` (relative to the repository root),
+or wherever ``SHITU_FEATURES_REFERENCE`` points. The datasets are at ``../shared/data`` or
+``SHITU_FEATURES_DATA``. When they are absent the tests that need them skip, unless
+``SHITU_FEATURES_REQUIRE_FIXTURES=1`` (set by ``.ci/run``): then absence is a failure, so a wrong path can
+never turn the parity tests green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _require_fixtures() -> bool:
+    return os.environ.get("SHITU_FEATURES_REQUIRE_FIXTURES", "") not in ("", "0", "false", "False")
+
+
+def _shared_dir(env_var: str, default: Path, what: str) -> Path:
+    path = Path(os.environ.get(env_var) or default)
+    if not path.is_dir():
+        msg = f"{what} not found at {path} (set {env_var} to their location)"
+        if _require_fixtures():
+            pytest.fail(msg + "; SHITU_FEATURES_REQUIRE_FIXTURES is set, so this is an error", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The golden fixtures folder (``../shared/reference``)."""
+    return _shared_dir("SHITU_FEATURES_REFERENCE", REPO_ROOT.parent / "shared" / "reference", "reference fixtures")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets folder (``../shared/data``)."""
+    return _shared_dir("SHITU_FEATURES_DATA", REPO_ROOT.parent / "shared" / "data", "shared datasets")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's cache or the network from a test: a fresh cache home, offline hub."""
+    monkeypatch.setenv("SHITU_FEATURES_HOME", str(tmp_path_factory.mktemp("shitu_home")))
+    monkeypatch.delenv("SHITU_FEATURES_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
