@@ -23,6 +23,8 @@ __all__ = [
     "InvalidInputError",
     "DeviceError",
     "GalleryFormatError",
+    "CheckpointFormatError",
+    "ArchiveError",
 ]
 
 
@@ -83,3 +85,11 @@ class DeviceError(ShituFeaturesError, RuntimeError):
 
 class GalleryFormatError(ShituFeaturesError, ValueError):
     """A gallery file is corrupted, truncated, or of an unsupported format version."""
+
+
+class CheckpointFormatError(ShituFeaturesError, ValueError):
+    """A checkpoint file is truncated, corrupted, or does not hold a Paddle state dict; nothing was loaded."""
+
+
+class ArchiveError(ShituFeaturesError, OSError):
+    """An archive is truncated, corrupted or not a tar file; nothing was extracted from it."""
