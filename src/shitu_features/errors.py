@@ -25,6 +25,7 @@ __all__ = [
     "GalleryFormatError",
     "CheckpointFormatError",
     "ArchiveError",
+    "ImageNotFoundError",
 ]
 
 
@@ -93,3 +94,7 @@ class CheckpointFormatError(ShituFeaturesError, ValueError):
 
 class ArchiveError(ShituFeaturesError, OSError):
     """An archive is truncated, corrupted or not a tar file; nothing was extracted from it."""
+
+
+class ImageNotFoundError(ImageDecodeError, FileNotFoundError):
+    """An image path does not exist or is not a readable file (also a ``FileNotFoundError``)."""
