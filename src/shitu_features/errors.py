@@ -26,6 +26,8 @@ __all__ = [
     "CheckpointFormatError",
     "ArchiveError",
     "ImageNotFoundError",
+    "OutputExistsError",
+    "EmbeddingError",
 ]
 
 
@@ -98,3 +100,11 @@ class ArchiveError(ShituFeaturesError, OSError):
 
 class ImageNotFoundError(ImageDecodeError, FileNotFoundError):
     """An image path does not exist or is not a readable file (also a ``FileNotFoundError``)."""
+
+
+class OutputExistsError(ShituFeaturesError, FileExistsError):
+    """An output directory already exists and is not empty; pass ``overwrite=True`` to replace it."""
+
+
+class EmbeddingError(ShituFeaturesError, ArithmeticError):
+    """The model produced a non-finite (NaN / inf) embedding for an input (e.g. an fp16 overflow on GPU)."""
