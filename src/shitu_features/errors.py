@@ -108,3 +108,7 @@ class OutputExistsError(ShituFeaturesError, FileExistsError):
 
 class EmbeddingError(ShituFeaturesError, ArithmeticError):
     """The model produced a non-finite (NaN / inf) embedding for an input (e.g. an fp16 overflow on GPU)."""
+
+
+class DatasetFormatError(ShituFeaturesError, ValueError):
+    """A dataset list or CSV file is malformed (the message names the file, the line and what was expected)."""
