@@ -28,6 +28,7 @@ __all__ = [
     "ImageNotFoundError",
     "OutputExistsError",
     "EmbeddingError",
+    "DatasetFormatError",
 ]
 
 
