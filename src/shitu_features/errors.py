@@ -29,6 +29,7 @@ __all__ = [
     "OutputExistsError",
     "EmbeddingError",
     "DatasetFormatError",
+    "GalleryIdError",
 ]
 
 
@@ -113,3 +114,10 @@ class EmbeddingError(ShituFeaturesError, ArithmeticError):
 
 class DatasetFormatError(ShituFeaturesError, ValueError):
     """A dataset list or CSV file is malformed (the message names the file, the line and what was expected)."""
+
+
+class GalleryIdError(ShituFeaturesError, KeyError):
+    """A gallery item id is already present (``Gallery.add``) or absent (``Gallery.remove``); the message lists them."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; show it as written
+        return str(self.args[0]) if self.args else ""
