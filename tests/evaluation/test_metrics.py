@@ -31,7 +31,8 @@ def _load_case(reference_dir: Path, name: str) -> tuple[dict, tuple, dict]:
                 load("sep_gallery_features.npy"), load("sep_gallery_labels.npy"))
         kwargs = {}
         if name == "separate_with_camera":
-            kwargs = {"query_cameras": load("sep_query_cameras.npy"), "gallery_cameras": load("sep_gallery_cameras.npy")}
+            kwargs = {"query_cameras": load("sep_query_cameras.npy"),
+                      "gallery_cameras": load("sep_gallery_cameras.npy")}
     else:
         feats, labels = load("self_features.npy"), load("self_labels.npy")
         args = (feats, labels, feats, labels)

@@ -63,8 +63,13 @@ def l2_normalize(x: ArrayLike, eps: float = NORMALIZE_EPS) -> npt.NDArray[np.flo
 
     Returns:
         float32 array of the same shape with unit (or zero) rows.
+
+    Raises:
+        InvalidInputError: ``x`` is not 1-D or 2-D.
     """
     arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim not in (1, 2):
+        raise InvalidInputError(f"l2_normalize expects [N, D] or [D] features, got shape {arr.shape}")
     squeeze = arr.ndim == 1
     rows = arr.reshape(1, -1) if squeeze else arr
     out = np.empty_like(rows)
