@@ -172,7 +172,7 @@ def test_http_404_is_a_download_error(server: LoopbackServer) -> None:
 def test_connection_refused_is_a_download_error(server: LoopbackServer) -> None:
     url = server.url("/gone.pdparams")
     server.stop()
-    with pytest.raises(DownloadError, match="failed"):
+    with pytest.raises(DownloadError, match="cannot download .*gone.pdparams: NewConnectionError"):
         hub.resolve(url)
 
 
@@ -468,3 +468,20 @@ def test_existing_local_path_wins_over_hub_repo_id(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     resolved = hub.resolve("org/name")
     assert resolved.kind == "inference_dir" and resolved.source == "org/name"
+
+
+def test_reference_legacy_model_served_as_tar_resolves_byte_identical(
+    server: LoopbackServer, tmp_path: Path, reference_dir: Path
+) -> None:
+    legacy = reference_dir / "legacy_infer"
+    names = ("inference.pdmodel", "inference.pdiparams", "inference.pdiparams.info")
+    tar = tmp_path / "general_PPLCNetV2_base_pretrained_v1.0_infer.tar"
+    with tarfile.open(tar, "w") as archive:
+        for name in names:
+            archive.add(legacy / name, arcname=f"general_PPLCNetV2_base_pretrained_v1.0_infer/{name}")
+    url = server.add("/legacy/" + tar.name, tar.read_bytes())
+    resolved = hub.resolve(url, progress=False)
+    files = hub.find_inference_files(resolved.path)
+    assert files.format == "legacy" and files.yml_file is None and resolved.name.endswith("_infer")
+    for name in names:
+        assert (files.directory / name).read_bytes() == (legacy / name).read_bytes()

@@ -177,11 +177,20 @@ def _progress_bar(total: int | None, desc: str, progress: bool | None):  # type:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=disable, leave=False)
 
 
+def _describe(exc: Exception) -> str:
+    """A one-line cause for a ``requests`` exception (urllib3 wraps the useful part in ``MaxRetryError``)."""
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
+    cause = getattr(cause, "reason", None) or cause
+    text = re.sub(r"^\w*Connection(Pool)?\([^)]*\): ", "", str(cause))
+    return f"{type(cause).__name__}: {text}"
+
+
 def _stream_to(url: str, tmp: Path, desc: str, size: int | None, progress: bool | None, timeout: object) -> int:
     """GET ``url`` into ``tmp``; returns the bytes written. Raises DownloadError on any transfer problem."""
     import requests
 
     headers = {"Accept-Encoding": "identity", "User-Agent": f"shitu-features/{__version__}"}
+    written, expected, started = 0, None, False
     try:
         with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
             if response.status_code != 200:
@@ -196,7 +205,7 @@ def _stream_to(url: str, tmp: Path, desc: str, size: int | None, progress: bool 
                     f"download of {url}: size mismatch, the server announces {expected} bytes but {size} are "
                     "expected; nothing was kept"
                 )
-            written = 0
+            started = True
             with tmp.open("xb") as out, _progress_bar(expected or size, desc, progress) as bar:
                 for chunk in response.iter_content(_CHUNK_BYTES):
                     out.write(chunk)
@@ -205,8 +214,10 @@ def _stream_to(url: str, tmp: Path, desc: str, size: int | None, progress: bool 
                 out.flush()
                 os.fsync(out.fileno())
     except requests.exceptions.RequestException as exc:
+        if not started:
+            raise DownloadError(f"cannot download {url}: {_describe(exc)}") from exc
         raise DownloadError(
-            f"download of {url} failed ({type(exc).__name__}: {exc}); the partial file was discarded"
+            f"download of {url} broke off after {written} bytes ({_describe(exc)}); the partial file was discarded"
         ) from exc
     if expected is not None and written != expected:
         raise DownloadError(
@@ -627,14 +638,19 @@ def _resolve_official(
         try:
             resolved = fetch(i, allow_download=True)
         except (DownloadError, ArchiveError, UnsafeArchiveError, ModelNotFoundError) as exc:
-            logger.warning("could not use %s: %s", url, exc)
+            logger.info("could not use %s: %s", url, exc)
             attempts.append((url, exc))
             continue
         assert resolved is not None  # allow_download=True always yields an entry or raises
+        if attempts:
+            logger.warning(
+                "%s: using %s after %d earlier source(s) failed: %s",
+                model.name, url, len(attempts), "; ".join(f"{u}: {e}" for u, e in attempts),
+            )
         return resolved
     if len(attempts) == 1:
         raise attempts[0][1]
-    tried = "\n".join(f"  {n}. {url}: {type(e).__name__}: {e}" for n, (url, e) in enumerate(attempts, 1))
+    tried = "\n".join(f"  {n}. {type(e).__name__}: {e}" for n, (_, e) in enumerate(attempts, 1))
     raise DownloadError(
         f"could not fetch {model.name} from any of its {len(attempts)} sources:\n{tried}\n"
         f"Check the network or proxy, set {ENV_ENDPOINT} to a mirror, or download one of these files yourself "
