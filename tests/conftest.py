@@ -47,5 +47,6 @@ def data_dir() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's cache or the network from a test: a fresh cache home, offline hub."""
     monkeypatch.setenv("SHITU_FEATURES_HOME", str(tmp_path_factory.mktemp("shitu_home")))
-    monkeypatch.delenv("SHITU_FEATURES_OFFLINE", raising=False)
+    for var in ("SHITU_FEATURES_OFFLINE", "SHITU_FEATURES_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
