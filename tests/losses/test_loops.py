@@ -149,7 +149,8 @@ def test_anchor_without_negative_contributes_constant_only() -> None:
 @pytest.mark.parametrize("margin,normalize", [(1.0, False), (0.5, True), (3.0, False)])
 def test_triplet_euclidean_matches_loop(margin: float, normalize: bool) -> None:
     f, labels = _batch(7)
-    value = float(TripletLoss(margin=margin, normalize_feature=normalize)(paddle.to_tensor(f), paddle.to_tensor(labels)))
+    loss = TripletLoss(margin=margin, normalize_feature=normalize)
+    value = float(loss(paddle.to_tensor(f), paddle.to_tensor(labels)))
     assert value == pytest.approx(_loop_triplet(f, labels, margin, normalize), rel=1e-5)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Tuple
+from typing import Literal
 
 import numpy as np
 import paddle
@@ -68,7 +68,7 @@ def same_label_mask(labels: paddle.Tensor) -> paddle.Tensor:
 
 def hardest_pairs(
     values: paddle.Tensor, is_pos: paddle.Tensor, *, kind: Literal["similarity", "distance"]
-) -> Tuple[paddle.Tensor, paddle.Tensor]:
+) -> tuple[paddle.Tensor, paddle.Tensor]:
     """Hardest positive and hardest negative per anchor (row) of a pairwise matrix.
 
     For a *similarity* the hardest positive is the row minimum over positives and the hardest negative the

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Type, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import paddle
@@ -18,7 +19,7 @@ from shitu_features.losses.triplet_angular import TripletAngularMarginLoss
 __all__ = ["LOSSES", "CombinedLoss", "LossOutput", "LossTerm", "WeightedLoss", "build_loss"]
 
 #: Loss classes by the name the reference YAML uses (``Loss.Train: - CELoss: {...}``).
-LOSSES: Mapping[str, Type[paddle.nn.Layer]] = {
+LOSSES: Mapping[str, type[paddle.nn.Layer]] = {
     "CELoss": CELoss,
     "TripletAngularMarginLoss": TripletAngularMarginLoss,
     "TripletLoss": TripletLoss,
@@ -59,7 +60,7 @@ class LossOutput(NamedTuple):
     """
 
     total: paddle.Tensor
-    parts: Dict[str, paddle.Tensor]
+    parts: dict[str, paddle.Tensor]
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,10 @@ class LossTerm:
     name: str
     loss: paddle.nn.Layer
     weight: float = 1.0
-    input_key: Optional[str] = None
+    input_key: str | None = None
 
 
-TermsSpec = Union[Mapping[str, Tuple[float, paddle.nn.Layer]], Sequence[LossTerm]]
+TermsSpec = Union[Mapping[str, tuple[float, paddle.nn.Layer]], Sequence[LossTerm]]
 
 
 class WeightedLoss(paddle.nn.Layer):
@@ -119,8 +120,8 @@ class WeightedLoss(paddle.nn.Layer):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"duplicate loss term names {duplicates}; give each term a distinct name")
-        self.weights: Dict[str, float] = {}
-        self.input_keys: Dict[str, str] = {}
+        self.weights: dict[str, float] = {}
+        self.input_keys: dict[str, str] = {}
         self.terms = paddle.nn.LayerDict()
         for term in terms:
             key = term.input_key or getattr(term.loss, "input_key", None)
@@ -163,7 +164,7 @@ class WeightedLoss(paddle.nn.Layer):
         Returns:
             :class:`LossOutput` ``(total, parts)``.
         """
-        parts: Dict[str, paddle.Tensor] = {}
+        parts: dict[str, paddle.Tensor] = {}
         for name, loss in self.terms.items():
             parts[name] = loss(_lookup(outputs, self.input_keys[name], name), labels) * self.weights[name]
         total = paddle.add_n(list(parts.values())) if len(parts) > 1 else next(iter(parts.values()))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -14,7 +12,7 @@ from shitu_features.losses._utils import as_label_vector, check_reduction, reduc
 __all__ = ["CELoss", "cross_entropy_loss"]
 
 
-def _check_epsilon(epsilon: Optional[float]) -> Optional[float]:
+def _check_epsilon(epsilon: float | None) -> float | None:
     if epsilon is None:
         return None
     if not 0.0 <= float(epsilon) < 1.0:
@@ -27,7 +25,7 @@ def cross_entropy_loss(
     logits: paddle.Tensor,
     labels: paddle.Tensor | np.ndarray,
     *,
-    epsilon: Optional[float] = None,
+    epsilon: float | None = None,
     reduction: str = "mean",
 ) -> paddle.Tensor:
     """Cross-entropy of ``logits`` against hard labels, optionally label-smoothed.
@@ -85,7 +83,7 @@ class CELoss(paddle.nn.Layer):
     #: Which model output a :class:`~shitu_features.losses.WeightedLoss` feeds to this loss.
     input_key = "logits"
 
-    def __init__(self, epsilon: Optional[float] = None, reduction: str = "mean") -> None:
+    def __init__(self, epsilon: float | None = None, reduction: str = "mean") -> None:
         super().__init__()
         self.epsilon = _check_epsilon(epsilon)
         self.reduction = check_reduction(reduction)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -149,7 +147,7 @@ class TriHardLoss(paddle.nn.Layer):
 
     def __init__(
         self,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         samples_each_class: int = 2,
         margin: float = 0.1,
         feature_from: str = "features",
@@ -160,7 +158,7 @@ class TriHardLoss(paddle.nn.Layer):
         self.margin = float(margin)
         self.input_key = feature_from
 
-    def forward(self, features: paddle.Tensor, labels: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    def forward(self, features: paddle.Tensor, labels: paddle.Tensor | None = None) -> paddle.Tensor:
         """Return the loss of ``features`` ``[B, D]`` (labels optional, see the class docstring)."""
         batch = check_features(features)
         if self.batch_size is not None and batch != self.batch_size:
