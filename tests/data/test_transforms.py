@@ -120,6 +120,10 @@ def test_normalize_is_the_reference_arithmetic(image: np.ndarray) -> None:
     assert out.dtype == np.float32 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(NormalizeImage(chw=False)(image), expected.transpose(1, 2, 0))
+    # every uint8 value in every channel (the op looks values up in a table)
+    ramp = np.stack([np.arange(256), np.arange(256)[::-1], (np.arange(256) * 7) % 256], -1).astype(np.uint8)[None]
+    expected = ((ramp.astype("float32") * np.float32(1.0 / 255.0) - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_array_equal(NormalizeImage()(ramp), expected)
 
 
 def test_train_transform_order_shape_and_seeding(image: np.ndarray) -> None:

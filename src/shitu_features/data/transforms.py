@@ -272,9 +272,10 @@ class RandomRotation:
 class NormalizeImage:
     """``(float32(img) * scale - mean) / std`` per channel, then HWC -> CHW (PaddleClas ``NormalizeImage``).
 
-    The arithmetic is :func:`shitu_features.inference.preprocess.normalize_to_chw`, the same float32 operations
-    in the same order as the reference. The reference op returns HWC and its dataset transposes; here the
-    transpose is part of the op (``chw=True``).
+    The values are those of :func:`shitu_features.inference.preprocess.normalize_to_chw`, the same float32
+    operations in the same order as the reference, evaluated once per channel for the 256 possible ``uint8``
+    values and then looked up (bit-identical, about 10x faster than the per-pixel arithmetic). The reference op
+    returns HWC and its dataset transposes; here the transpose is part of the op (``chw=True``).
 
     Args:
         scale: multiplier, a number or the reference's string form (``"1.0/255.0"``).
@@ -302,10 +303,17 @@ class NormalizeImage:
         except ValueError as exc:  # pydantic's ValidationError is a ValueError too
             raise ConfigError(f"NormalizeImage: {exc}") from exc
         self.chw = chw
+        # normalize_to_chw of a 1 x 256 image holding every uint8 value: the exact per-value results
+        values = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+        self._lut = normalize_to_chw(values, self.config)[:, 0, :].copy()  # [3, 256] float32
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        chw = normalize_to_chw(img, self.config)
-        return chw if self.chw else np.ascontiguousarray(chw.transpose(1, 2, 0))
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise InvalidInputError(f"NormalizeImage expects [H, W, 3] uint8, got {img.dtype} {img.shape}")
+        out = np.empty((3, *img.shape[:2]), dtype=np.float32)
+        for c in range(3):
+            np.take(self._lut[c], img[:, :, c], out=out[c], mode="clip")  # uint8 indices are always in range
+        return out if self.chw else np.ascontiguousarray(out.transpose(1, 2, 0))
 
     def __repr__(self) -> str:
         c = self.config
