@@ -21,14 +21,16 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Tuple, Union
+from typing import TYPE_CHECKING, Any, Literal, Tuple, Union
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shitu_features.data.images import DecodedImage
 from shitu_features.errors import ConfigError
+
+if TYPE_CHECKING:  # a runtime import would be circular: shitu_features.data's transforms import this module
+    from shitu_features.data.images import DecodedImage
 
 __all__ = [
     "IMAGENET_MEAN",
