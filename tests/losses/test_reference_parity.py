@@ -18,7 +18,7 @@ from shitu_features.losses import (
     WeightedLoss,
 )
 
-# Observed: values agree to <= 2e-7 relative, gradients to <= 4e-7 * max|ref| (reference README suggests 1e-4).
+# Observed: values agree to <= 3.1e-7 relative, gradients to <= 3.3e-7 * max|ref| (the README suggests 1e-4).
 VALUE_RTOL = 1e-6
 GRAD_TOL = 1e-5  # times max|ref|
 
@@ -40,7 +40,7 @@ def _value_and_grad(loss, x: np.ndarray, labels: np.ndarray):
 
 
 def _assert_value(value: float, expected: float) -> None:
-    assert value == pytest.approx(expected, rel=VALUE_RTOL, abs=1e-5)
+    assert value == pytest.approx(expected, rel=VALUE_RTOL, abs=1e-7)  # abs only matters for the 0.0 case
 
 
 def _assert_grad(grad: np.ndarray, ref: dict, file_name: str) -> None:
