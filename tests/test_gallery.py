@@ -55,6 +55,34 @@ def test_exact_search_equals_brute_force(metric: str, k: int, monkeypatch: pytes
     assert found_labels.tolist() == [[labels[r] for r in row] for row in want_rows]
 
 
+def test_ties_are_broken_by_insertion_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gallery_module, "_MAX_BLOCK_ELEMENTS", 64)
+    rng = np.random.default_rng(8)
+    # Integer vectors and metric="ip": scores are exact, with many ties inside and across blocks.
+    vectors = rng.integers(-1, 2, size=(500, 3)).astype(np.float32)
+    queries = rng.integers(-1, 2, size=(20, 3)).astype(np.float32)
+    gallery = Gallery(3, metric="ip", block_size=16)
+    gallery.add(vectors, ["x"] * 500)
+    for k in (1, 5, 40):
+        scores, _, ids = gallery.search(queries, k=k)
+        want_scores, want_rows = _brute_force(vectors, queries, k, cosine=False)
+        np.testing.assert_array_equal(ids, want_rows)
+        np.testing.assert_array_equal(scores, want_scores)
+    same = Gallery(2, block_size=7)
+    same.add(np.ones((50, 2), np.float32), list(range(50)))
+    assert same.search(np.ones(2, np.float32), k=4)[2].tolist() == [0, 1, 2, 3]
+
+
+def test_gallery_sorted_worst_first_still_exact() -> None:
+    # Each block beats the previous one, so every block takes the partition path.
+    angles = np.linspace(np.pi / 2, 0.0, 1000)
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    gallery = Gallery(2, block_size=64)
+    gallery.add(vectors, [0] * 1000)
+    scores, _, ids = gallery.search(np.array([1.0, 0.0], np.float32), k=5)
+    assert ids.tolist() == [999, 998, 997, 996, 995] and (np.diff(scores) <= 0).all()
+
+
 def test_k_larger_than_gallery_is_padded() -> None:
     rng = np.random.default_rng(1)
     gallery, vectors, _ = _filled(rng, n=5)

@@ -49,11 +49,15 @@ REFERENCE_SCORE_THRESHOLD = 0.5
 #: Version of the on-disk format written by :meth:`Gallery.save`.
 FORMAT_VERSION = 1
 
+#: Gallery rows per block of the numpy backend; with ~4M scores per block that is 256 queries at a time.
+DEFAULT_BLOCK_SIZE = 16384
+
 _MAGIC = b"SHITUGAL"
 _PREAMBLE = struct.Struct("<8sII")  # magic, version, header length
 _ALIGN = 64
-#: Similarities scored at once by the numpy backend (query rows x gallery rows): bounds the extra memory of a
-#: search to about 16 bytes per element (scores, argpartition indices), i.e. ~64 MiB, whatever the gallery size.
+#: Similarities scored at once by the numpy backend (query rows x gallery rows). A block needs ~9 bytes per
+#: element (float32 scores, a float32 partition copy, a bool mask), so a search's extra memory stays near
+#: 40 MiB whatever the gallery size.
 _MAX_BLOCK_ELEMENTS = 1 << 22
 _READ_CHUNK = 1 << 26
 
@@ -94,7 +98,14 @@ class _Header(BaseModel):
 
 
 class _NumpyIndex:
-    """Exact top-k by blocked ``queries @ gallery.T`` and ``argpartition``; holds no copy of the vectors."""
+    """Exact top-k by blocked ``queries @ gallery.T``; holds no copy of the vectors.
+
+    Each query chunk keeps its k best so far, sorted by (score descending, row ascending). A gallery block
+    only contributes the scores above the current k-th best (usually a handful once the first block is seen);
+    when there are many, a value-only ``np.partition`` first narrows them to the block's own top k (ties
+    included). The candidates are merged with one small sort, so the result is exactly the first k items of
+    that total order, ties included. The extra memory is a few copies of one block of scores plus O(chunk x k).
+    """
 
     def __init__(self, dim: int, block_size: int) -> None:
         self._block_size = block_size
@@ -116,31 +127,43 @@ class _NumpyIndex:
         rows = np.empty((queries.shape[0], k), dtype=np.int64)
         for q0 in range(0, queries.shape[0], query_rows):
             q_block = queries[q0 : q0 + query_rows]
-            best_s = np.empty((q_block.shape[0], 0), dtype=np.float32)
-            best_r = np.empty((q_block.shape[0], 0), dtype=np.int64)
+            # Placeholders (-inf, row -1) lose to every real (finite) score; k <= num_rows, so none survives.
+            best_s = np.full((q_block.shape[0], k), -np.inf, dtype=np.float32)
+            best_r = np.full((q_block.shape[0], k), -1, dtype=np.int64)
             for g0 in range(0, num_rows, gallery_rows):
                 block = q_block @ vectors[g0 : g0 + gallery_rows].T  # [b, g] float32
-                cand_s, cand_r = _top_unordered(block, k)
-                best_s, best_r = _top_unordered(np.concatenate([best_s, cand_s], 1), k,
-                                                np.concatenate([best_r, cand_r + g0], 1))
-            # Descending score; equal scores in insertion order (lower row first).
-            order = np.lexsort((best_r, -best_s))
-            scores[q0 : q0 + q_block.shape[0]] = np.take_along_axis(best_s, order, 1)
-            rows[q0 : q0 + q_block.shape[0]] = np.take_along_axis(best_r, order, 1)
+                # Strictly above the k-th best: an equal score later in the gallery loses to the earlier item.
+                above = block > best_s[:, -1:]
+                width = block.shape[1]
+                if width > k and np.count_nonzero(above) > 2 * k * block.shape[0]:
+                    kth = np.partition(block, width - k, axis=1)[:, width - k : width - k + 1]
+                    above &= block >= kth
+                hit_q, hit_g = np.divmod(np.flatnonzero(above), width)  # 1-D nonzero: much faster than 2-D
+                del above
+                if hit_q.size:
+                    best_s, best_r = _merge_sparse(best_s, best_r, hit_q, block[hit_q, hit_g], hit_g + g0)
+            scores[q0 : q0 + q_block.shape[0]] = best_s
+            rows[q0 : q0 + q_block.shape[0]] = best_r
         return scores, rows
 
 
-def _top_unordered(
-    scores: npt.NDArray[np.float32], k: int, rows: Optional[npt.NDArray[np.int64]] = None
+def _merge_sparse(
+    best_s: npt.NDArray[np.float32],
+    best_r: npt.NDArray[np.int64],
+    hit_q: npt.NDArray[np.intp],
+    hit_s: npt.NDArray[np.float32],
+    hit_r: npt.NDArray[np.int64],
 ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """The k largest entries of each row (in no particular order) and their columns (or ``rows`` there)."""
-    width = scores.shape[1]
-    if rows is None:
-        rows = np.broadcast_to(np.arange(width, dtype=np.int64), scores.shape)
-    if width <= k:
-        return scores, rows
-    part = np.argpartition(scores, width - k, axis=1)[:, width - k :]
-    return np.take_along_axis(scores, part, 1), np.take_along_axis(rows, part, 1)
+    """Merge (query, score, row) candidates into the per-query top-k [b, k], sorted (score desc, row asc)."""
+    num_query, k = best_s.shape
+    queries = np.concatenate([np.repeat(np.arange(num_query), k), hit_q])
+    all_s = np.concatenate([best_s.reshape(-1), hit_s])
+    all_r = np.concatenate([best_r.reshape(-1), hit_r])
+    order = np.lexsort((all_r, -all_s, queries))  # by query, then score descending, then row
+    counts = k + np.bincount(hit_q, minlength=num_query)
+    firsts = (np.cumsum(counts) - counts)[:, None] + np.arange(k)  # each query's k best, [b, k]
+    take = order[firsts]
+    return all_s[take], all_r[take]
 
 
 class _FaissIndex:
@@ -218,7 +241,7 @@ class Gallery:
         backend: str = "numpy",
         metric: str = "cosine",
         extractor: Optional[Embedder] = None,
-        block_size: int = 65536,
+        block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ConfigError(f"dim must be a positive int, got {dim!r}")
@@ -309,8 +332,9 @@ class Gallery:
 
         Returns:
             ``(scores, labels, ids)``: float32 [Q, k], object [Q, k] (the stored int/str labels) and int64
-            [Q, k]; 1-D [k] arrays for a single vector or a single image. Ties keep insertion order, except
-            where the k-th place itself is tied (either item may then be returned).
+            [Q, k]; 1-D [k] arrays for a single vector or a single image. The numpy backend returns exactly
+            the first k items ordered by score descending, then insertion order (ties included); faiss
+            orders exact ties its own way.
 
         Raises:
             InvalidInputError: Wrong shape, dtype, non-finite values, or images without an extractor.
@@ -445,7 +469,7 @@ class Gallery:
         *,
         backend: str = "numpy",
         extractor: Optional[Embedder] = None,
-        block_size: int = 65536,
+        block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> Gallery:
         """Read a gallery written by :meth:`save`, verifying sizes and checksums first.
 
