@@ -424,3 +424,24 @@ def test_buffer_bytes_input(extractor: Extractor, preprocess_images: list[Path],
     data = preprocess_images[1].read_bytes()
     for source in (bytearray(data), memoryview(data), io.BytesIO(data).getvalue()):
         assert np.abs(extractor.embed(source) - expected_l2[1]).max() <= 1e-5
+
+
+def test_concurrent_embed_calls_share_one_extractor(extractor: Extractor, preprocess_images: list[Path],
+                                                    expected_l2: np.ndarray) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: extractor.embed(preprocess_images, batch_size=2), range(3)))
+    for got in results:
+        assert np.abs(got - expected_l2).max() <= 1e-5
+
+
+def test_progress_bar_and_iter_embed_input_check(extractor: Extractor, preprocess_images: list[Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    extractor.embed(preprocess_images, batch_size=2, show_progress=True)
+    assert "6/6" in capsys.readouterr().err
+    extractor.embed(preprocess_images, batch_size=2, show_progress=False)
+    assert "6/6" not in capsys.readouterr().err
+    with pytest.raises(InvalidInputError, match="iterable"):
+        next(extractor.iter_embed(preprocess_images[0]))

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -167,6 +168,7 @@ class Extractor:
     """Embeds images with an exported PP-ShiTuV2 (or compatible) inference model.
 
     Build it with :meth:`from_pretrained`; the constructor takes an already-configured :class:`Predictor`.
+    One instance may be shared by several threads: calls to the predictor are serialised.
 
     Args:
         predictor: the configured Paddle Inference predictor.
@@ -196,6 +198,8 @@ class Extractor:
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self._embedding_size = embedding_size
         self._source = source
+        # Paddle predictors are not thread-safe: serialise run() when several threads share this Extractor.
+        self._run_lock = threading.Lock()
         if num_workers is not None and int(num_workers) < 1:
             raise ConfigError(f"num_workers must be >= 1, got {num_workers}")
         self._num_workers = int(num_workers) if num_workers is not None else self._default_workers()
@@ -338,7 +342,9 @@ class Extractor:
         """Width ``D`` of the embeddings (512 for PP-ShiTuV2)."""
         if self._embedding_size is None:
             width, height = self.input_size
-            self._embedding_size = int(self._predictor.run(np.zeros((1, 3, height, width), np.float32)).shape[1])
+            with self._run_lock:
+                probe = self._predictor.run(np.zeros((1, 3, height, width), np.float32))
+            self._embedding_size = int(probe.shape[1])
         return self._embedding_size
 
     @property
@@ -640,7 +646,8 @@ class Extractor:
         if n == 0:
             width = self._embedding_size
             return EmbedBatch(indices, np.empty((0, width if width is not None else 0), np.float32), failed)
-        features = self._predictor.run(job.buffer[:n])
+        with self._run_lock:
+            features = self._predictor.run(job.buffer[:n])
         if self._embedding_size is None:
             self._embedding_size = int(features.shape[1])
         finite = np.isfinite(features).all(axis=1)
