@@ -59,6 +59,13 @@ def test_same_batches_for_any_worker_count(faces: ImageDataset) -> None:
     # another epoch: other batches and other augmentations of repeated images
     assert [b.indices.tolist() for b in _epoch(make_loader(faces, sampler, num_workers=2), 4)] != [
         b.indices.tolist() for b in runs[0]]
+    # resuming mid-epoch gives the remaining batches of the uninterrupted epoch
+    resumed = make_loader(faces, sampler, num_workers=2)
+    resumed.set_epoch(3)
+    tail = list(resumed.iterate(start=2))
+    assert len(tail) == len(runs[0]) - 2
+    for a, b in zip(runs[0][2:], tail):
+        np.testing.assert_array_equal(a.images, b.images)
     fixed = [[3, 3]]
     a, b = DataLoader(faces, fixed, num_workers=0), DataLoader(faces, fixed, num_workers=0)
     assert not np.array_equal(_epoch(a, 0)[0].images, _epoch(b, 1)[0].images)

@@ -11,6 +11,7 @@ Determinism: sample ``j`` of batch ``b`` in epoch ``e`` on rank ``r`` draws its 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -119,8 +120,13 @@ class DataLoader:
         return Batch(images, labels, uids, np.asarray(indices, dtype=np.int64))  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.iterate()
+
+    def iterate(self, start: int = 0) -> Iterator[Batch]:
+        """Iterate the current epoch from batch ``start`` on (to resume mid-epoch: the skipped batches are not
+        loaded, and the remaining ones are exactly those of an uninterrupted epoch)."""
         epoch = self.epoch
-        batches = enumerate(list(self.batch_sampler))  # fixed before any work starts
+        batches = itertools.islice(enumerate(self.batch_sampler), start, None)  # lazily: a sampler may be long
         if self.num_workers == 0:
             for b, indices in batches:
                 yield self.load_batch(indices, b, epoch)

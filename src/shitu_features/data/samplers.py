@@ -105,6 +105,7 @@ class PKSampler:
         counts = np.bincount(inverse, minlength=len(self.label_ids))
         self.indices_by_label: list[np.ndarray] = np.split(order, np.cumsum(counts)[:-1])
         self.probabilities = self._probabilities(counts, id_list, ratio)
+        self._uniform = bool(np.all(self.probabilities == self.probabilities[0]))
 
         needed = self.ids_per_batch * self.world_size
         available = int(np.count_nonzero(self.probabilities))
@@ -158,8 +159,10 @@ class PKSampler:
     def batch(self, epoch: int, step: int) -> list[int]:
         """The index list of one step of one epoch on this rank (``__iter__`` yields these)."""
         label_rng = np.random.default_rng([self.seed, epoch, step])
+        # uniform weights take numpy's O(P) path instead of the O(C) weighted one (C = 192,612 in the recipe)
         chosen = label_rng.choice(
-            len(self.label_ids), size=self.ids_per_batch * self.world_size, replace=False, p=self.probabilities
+            len(self.label_ids), size=self.ids_per_batch * self.world_size, replace=False,
+            p=None if self._uniform else self.probabilities,
         )
         mine = chosen[self.rank * self.ids_per_batch : (self.rank + 1) * self.ids_per_batch]
         sample_rng = np.random.default_rng([self.seed, epoch, step, self.rank])
