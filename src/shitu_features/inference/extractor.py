@@ -492,8 +492,8 @@ class Extractor:
         zero_norm: list[int] = []
         written = 0
         try:
-            for batch in self.iter_embed(items, batch_size, normalize=normalize, on_error=on_error,
-                                         channel_order=channel_order, num_workers=num_workers, _warn=False):
+            for batch in self._batches(items, batch_size, normalize, on_error, channel_order, num_workers,
+                                       prefetch=2, warn=False):
                 failed += batch.failed
                 zero_norm += batch.zero_norm
                 n = len(batch.indices)
@@ -535,7 +535,6 @@ class Extractor:
         channel_order: ChannelOrder = "rgb",
         num_workers: int | None = None,
         prefetch: int = 2,
-        _warn: bool = True,
     ) -> Iterator[EmbedBatch]:
         """Stream embeddings batch by batch, in input order, in bounded memory.
 
@@ -551,9 +550,17 @@ class Extractor:
             num_workers: decode / preprocess threads.
             prefetch: batches decoded ahead of the one being run through the model.
 
-        Yields:
-            :class:`EmbedBatch` per input batch (possibly with no rows when every input of it failed).
+        Returns:
+            An iterator of :class:`EmbedBatch`, one per input batch (with no rows when every input of it failed).
+            Options are checked at the call; closing the iterator early cancels the pending decodes.
         """
+        return self._batches(images, batch_size, normalize, on_error, channel_order, num_workers, prefetch,
+                             warn=True)
+
+    def _batches(self, images: Iterable[Any], batch_size: int, normalize: bool, on_error: OnError,
+                 channel_order: ChannelOrder, num_workers: int | None, prefetch: int, *, warn: bool
+                 ) -> Iterator[EmbedBatch]:
+        # Options are checked here, eagerly, so that iter_embed() fails at the call and not at the first next().
         batch_size, workers = self._check_options(batch_size, on_error, channel_order, num_workers, prefetch)
         if is_single_image(images):
             raise InvalidInputError("iter_embed expects an iterable of images; use embed() for a single image")
@@ -564,6 +571,10 @@ class Extractor:
         except TypeError as exc:
             raise InvalidInputError(
                 f"images must be an image or an iterable of images, got {describe_input(images)}") from exc
+        return self._pipeline(source, batch_size, workers, normalize, on_error, channel_order, prefetch, warn)
+
+    def _pipeline(self, source: Iterator[tuple[int, Any]], batch_size: int, workers: int, normalize: bool,
+                  on_error: OnError, channel_order: ChannelOrder, prefetch: int, warn: bool) -> Iterator[EmbedBatch]:
         width, height = self.input_size
         buffers = [np.empty((batch_size, 3, height, width), np.float32) for _ in range(prefetch + 1)]
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shitu-decode")
@@ -587,7 +598,7 @@ class Extractor:
                 submit_next()  # the workers decode the next batch while this one runs through the model
                 batch = self._run_job(job, errors, normalize, on_error)
                 buffers.append(job.buffer)
-                if _warn and batch.zero_norm and normalize:
+                if warn and batch.zero_norm and normalize:
                     _warn_zero_norm(batch.zero_norm)
                 yield batch
         finally:
