@@ -124,3 +124,19 @@ def test_class_disjoint_split_is_seeded_and_disjoint(faces: Path) -> None:
     assert again.paths == train.paths
     other, _ = class_disjoint_split(ds, 0.5, seed=1)
     assert other.paths != train.paths
+
+
+def test_package_exports_resolve_and_load_lazily() -> None:
+    import subprocess
+    import sys
+
+    import shitu_features.data as data
+
+    assert all(getattr(data, name) is not None for name in data.__all__)
+    # the inference path imports data.images only: that must not pull the training pipeline in (nor cycle)
+    code = (
+        "import sys, shitu_features.data.images, shitu_features.inference.preprocess\n"
+        "assert 'shitu_features.data.datasets' not in sys.modules\n"
+        "from shitu_features.data import ImageDataset, train_transform\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
