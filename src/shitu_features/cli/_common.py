@@ -13,7 +13,6 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -255,7 +254,7 @@ class LabelledList:
 
 
 def read_labelled_list(list_path: str, root: str | None = None, delimiter: str | None = None) -> LabelledList:
-    """Read a ``path label [unique_id]`` list file with :meth:`shitu_features.data.datasets.ImageDataset.from_list_file`.
+    """Read a ``path label [unique_id]`` list file (with ``ImageDataset.from_list_file`` of shitu_features.data).
 
     Args:
         list_path: The list file.

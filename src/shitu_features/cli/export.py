@@ -22,7 +22,7 @@ model before the directory is renamed into place."""
 _EPILOG = """\
 examples:
   shitu-features export general_PPLCNetV2_base_pretrained_v1.0.pdparams -o models/ppshitu
-  shitu-features export runs/exp1/checkpoints/best.pdparams -o models/exp1 --name exp1 --overwrite
+  shitu-features export runs/exp1/checkpoints/best/model.pdparams -o models/exp1 --name exp1 --overwrite
   shitu-features embed photos/ -o feats --model models/exp1"""
 
 

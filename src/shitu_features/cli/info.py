@@ -35,8 +35,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``info``."""
-    report = {"environment": _environment(), "devices": _devices(), "cache": _cache()}
-    report["models"] = [_card(args)] if args.model else _official_cards()
+    models = [_card(args)] if args.model else _official_cards()  # first: an unknown name fails before Paddle loads
+    report = {"environment": _environment(), "devices": _devices(), "cache": _cache(), "models": models}
     print(json.dumps(report, indent=2) if args.format == "json" else _render(report))
     return 0
 

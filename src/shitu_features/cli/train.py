@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from shitu_features.cli._common import add_subcommand, say
@@ -17,10 +16,10 @@ addressed by index (loss.terms.0.epsilon=0.2). Unknown keys and invalid values a
 _EPILOG = """\
 examples:
   shitu-features train train.yaml
-  shitu-features train train.yaml schedule.epochs=10 data.batch_size=64 output.directory=runs/exp1
+  shitu-features train train.yaml schedule.epochs=10 data.batch_size=64 output.dir=runs/exp1
   shitu-features train GeneralRecognitionV2_PPLCNetV2_base.yaml --paddleclas --print-config
-then export the checkpoint it writes:
-  shitu-features export runs/exp1/checkpoints/best.pdparams -o models/exp1"""
+fit() exports the final model to <output.dir>/inference (output.export); to export a checkpoint yourself:
+  shitu-features export runs/exp1/checkpoints/best/model.pdparams -o models/exp1"""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -47,19 +46,16 @@ def run(args: argparse.Namespace) -> int:
     from shitu_features.training import Trainer
 
     result = Trainer(config).fit()
-    say(args, "training finished" + (f": {_summary(result)}" if result is not None else ""))
+    say(args, _summary(result))
     return 0
 
 
 def _summary(result: Any) -> str:
-    """A one-line rendering of what ``Trainer.fit`` returned."""
-    if hasattr(result, "model_dump"):
-        result = result.model_dump(mode="json")
-    elif hasattr(result, "__dataclass_fields__"):
-        import dataclasses
-
-        result = dataclasses.asdict(result)
-    try:
-        return json.dumps(result, default=str)
-    except (TypeError, ValueError):
-        return str(result)
+    """One line about what :meth:`Trainer.fit` did (a ``TrainResult``)."""
+    parts = [f"training finished: {result.epochs_completed} epochs, {result.global_step} steps"]
+    if result.best_value is not None:
+        parts.append(f"best {result.best_metric} {result.best_value:.4f} (epoch {result.best_epoch})")
+    parts.append(f"checkpoints in {result.checkpoint_dir}")
+    if result.export_dir is not None:
+        parts.append(f"inference model in {result.export_dir}")
+    return "; ".join(parts)
