@@ -250,6 +250,8 @@ def test_metadata_is_json_and_copied() -> None:
         ({}, ("search", np.ones((2, 5), np.float32)), InvalidInputError, "shape"),
         ({}, ("search", "a.jpg"), InvalidInputError, "extractor"),
         ({}, ("k", 0), ConfigError, "k must be"),
+        ({}, ("threshold", float("nan")), ConfigError, "score_threshold"),
+        ({}, ("threshold", "0.5"), ConfigError, "score_threshold"),
     ],
 )
 def test_invalid_arguments(kwargs: dict, call: tuple | None, error: type, match: str) -> None:
@@ -262,8 +264,10 @@ def test_invalid_arguments(kwargs: dict, call: tuple | None, error: type, match:
             gallery.add(value, ["x"] * len(value))
         elif what == "search":
             gallery.search(value)
-        else:
+        elif what == "k":
             gallery.search(np.ones(4, np.float32), k=value)
+        else:
+            gallery.search(np.ones(4, np.float32), score_threshold=value)
 
 
 class _MeanColorEmbedder:

@@ -338,10 +338,15 @@ class Gallery:
 
         Raises:
             InvalidInputError: Wrong shape, dtype, non-finite values, or images without an extractor.
-            ConfigError: k is not a positive int.
+            ConfigError: k is not a positive int, or score_threshold is not a number.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k must be a positive int, got {k!r}")
+        if score_threshold is not None and (
+            isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float, np.floating, np.integer))
+            or np.isnan(score_threshold)
+        ):
+            raise ConfigError(f"score_threshold must be a number or None, got {score_threshold!r}")
         vectors, single = self._to_vectors(queries, "search")
         num_query, k = vectors.shape[0], int(k)
         scores = np.full((num_query, k), -np.inf, dtype=np.float32)

@@ -40,7 +40,7 @@ _MAX_BLOCK_ELEMENTS = 1 << 22
 #: Rows per chunk when normalizing, so float64 norms never need a full float64 copy of the input.
 _NORMALIZE_CHUNK = 1 << 16
 
-ArrayLike = Union[npt.ArrayLike, Any]
+ArrayLike = Any  # anything np.asarray accepts: numpy arrays, lists, Paddle tensors
 
 
 class _PerQuery(NamedTuple):
@@ -160,7 +160,12 @@ def retrieval_metrics(
 
     if normalize:
         g_feat = l2_normalize(g_feat)  # queries are normalized block by block, so only one side is copied
-    rows = max(1, min(int(block_size), _MAX_BLOCK_ELEMENTS // max(1, g_feat.shape[0])))
+    # Compat mode combines per-query results by reference block afterwards, so its scoring blocks need not
+    # be the reference's small ones.
+    max_rows = DEFAULT_BLOCK_SIZE if reference_compat else int(block_size)
+    rows = max(1, min(max_rows, _MAX_BLOCK_ELEMENTS // max(1, g_feat.shape[0])))
+    logger.debug("ranking %d queries against %d gallery items, %d queries per block", q_feat.shape[0],
+                 g_feat.shape[0], rows)
     per_query = _rank_queries(
         q_feat, q_lab, g_feat, g_lab, cams, rows, normalize=normalize, drop_excluded=not reference_compat
     )
