@@ -445,3 +445,27 @@ def test_progress_bar_and_iter_embed_input_check(extractor: Extractor, preproces
     assert "6/6" not in capsys.readouterr().err
     with pytest.raises(InvalidInputError, match="iterable"):
         next(extractor.iter_embed(preprocess_images[0]))
+
+
+def test_model_tar_over_http_is_downloaded_once_and_served_from_cache(
+        exported_dir: Path, preprocess_images: list[Path], expected_l2: np.ndarray, tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("_shitu_http_server", Path(__file__).with_name("_http_server.py"))
+    assert spec is not None and spec.loader is not None
+    helper = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, helper)
+    spec.loader.exec_module(helper)
+    archive = tmp_path / "model_infer.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(exported_dir, arcname="model_infer")
+    with helper.LoopbackServer() as server:
+        url = server.add("/models/model_infer.tar", archive.read_bytes())
+        first = Extractor.from_pretrained(url, cache_dir=tmp_path / "cache")
+        assert server.hits["/models/model_infer.tar"] == 1
+    # The server is gone: the second load must come from the cache.
+    second = Extractor.from_pretrained(url, cache_dir=tmp_path / "cache")
+    assert second.model_dir == first.model_dir and first.source == url
+    assert np.abs(second.embed(preprocess_images) - expected_l2).max() <= 1e-5
