@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from shitu_features import __version__
+from shitu_features.cli import main
 
 from .conftest import RUN_OPTS, WholeRun, run_cli
 
@@ -28,16 +29,17 @@ def _one_error_line(stderr: str) -> str:
 # --------------------------------------------------------------------------------------------- usage (no Paddle)
 
 
-def test_help_of_the_tool_and_of_every_subcommand() -> None:
-    top = run_cli("--help")
+def test_help_of_the_tool_and_of_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    top = run_cli("--help")  # the installed console script
     assert top.returncode == 0 and top.stderr == ""
     for name in ("embed", "eval", "gallery", "export", "train", "info", "examples:", "exit codes"):
         assert name in top.stdout
-    for sub in SUBCOMMANDS:
-        result = run_cli(*sub, "--help")
-        assert result.returncode == 0, (sub, result.stderr)
-        assert result.stdout.startswith(f"usage: shitu-features {' '.join(sub)}")
-        assert "examples:" in result.stdout and f"shitu-features {sub[0]}" in result.stdout.split("examples:")[1]
+    for sub in SUBCOMMANDS:  # in-process: the same main(), without paying for a process per page
+        assert main([*sub, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: shitu-features {' '.join(sub)}")
+        assert "examples:" in out and f"shitu-features {sub[0]}" in out.split("examples:")[1]
+        assert "(default: True)" not in out and "(default: False)" not in out  # flags show no default
 
 
 def test_version_through_python_dash_m() -> None:
@@ -45,9 +47,14 @@ def test_version_through_python_dash_m() -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"shitu-features {__version__}"
 
 
+def test_usage_error_of_the_console_script_exits_2() -> None:
+    result = run_cli("embed", "x.jpg")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "usage: shitu-features embed" in result.stderr and "-o/--output" in result.stderr
+
+
 @pytest.mark.parametrize("argv, fragment", [
     ([], "required: COMMAND"),
-    (["embed", "x.jpg"], "-o/--output"),
     (["embed", "x.jpg", "-o", "o", "--shard", "2/2"], "--shard"),
     (["embed", "x.jpg", "-o", "o", "--shard", "one/two"], "expected I/N"),
     (["embed", "x.jpg", "-o", "o", "--resume", "--restart"], "not allowed with"),
@@ -55,30 +62,34 @@ def test_version_through_python_dash_m() -> None:
     (["gallery"], "ACTION"),
     (["frobnicate"], "invalid choice"),
 ])
-def test_usage_errors_exit_2(argv: list[str], fragment: str) -> None:
-    result = run_cli(*argv)
-    assert result.returncode == 2
-    assert result.stdout == "" and "usage: shitu-features" in result.stderr and fragment in result.stderr
+def test_usage_errors_exit_2(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "usage: shitu-features" in captured.err and fragment in captured.err
 
 
-def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+def test_user_errors_exit_1_with_one_line_and_no_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     missing = run_cli("embed", str(tmp_path / "nothing"), "-o", str(tmp_path / "out"))
     assert missing.returncode == 1 and missing.stdout == ""
     assert "no such file or directory" in _one_error_line(missing.stderr)
-
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.md").write_text("not an image")
-    empty = run_cli("embed", str(tmp_path / "empty"), "-o", str(tmp_path / "out"))
-    assert empty.returncode == 1 and "no images in directory" in _one_error_line(empty.stderr)
-
-    bad_list = tmp_path / "list.txt"
-    bad_list.write_text("a.jpg 1 2 3\n")
-    malformed = run_cli("embed", f"@{bad_list}", "-o", str(tmp_path / "out"))
-    assert malformed.returncode == 1 and f"{bad_list}:1" in _one_error_line(malformed.stderr)
-
     debug = run_cli("embed", str(tmp_path / "nothing"), "-o", str(tmp_path / "out"), "--debug")
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "ImageNotFoundError" in debug.stderr
+
+    # The same main() in-process for the other cases (the environment it sets is restored by monkeypatch).
+    monkeypatch.setenv("GLOG_minloglevel", "2")
+    monkeypatch.setenv("OPENCV_LOG_LEVEL", "FATAL")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.md").write_text("not an image")
+    assert main(["embed", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1
+    assert "no images in directory" in _one_error_line(capsys.readouterr().err)
+    bad_list = tmp_path / "list.txt"
+    bad_list.write_text("a.jpg 1 2 3\n")
+    assert main(["embed", f"@{bad_list}", "-o", str(tmp_path / "out")]) == 1
+    assert f"{bad_list}:1" in _one_error_line(capsys.readouterr().err)
+    assert main(["eval", "--query", str(tmp_path / "absent.txt")]) == 1
+    assert "list file not found" in _one_error_line(capsys.readouterr().err)
 
 
 def test_corrupt_gallery_file_is_a_one_line_error(tmp_path: Path) -> None:
@@ -214,3 +225,27 @@ def test_train_print_config_applies_overrides_and_names_bad_keys(tmp_path: Path)
     assert resolved["schedule"]["epochs"] == 12 and resolved["optimizer"]["lr"] == 0.01
     bad = run_cli("train", str(config), "optimizer.lrr=0.01", "--print-config")
     assert bad.returncode == 1 and "lrr" in _one_error_line(bad.stderr)
+
+
+@pytest.mark.slow
+def test_train_then_export_then_embed(data_dir: Path, tmp_path: Path, cli_home: Path) -> None:
+    from .conftest import copy_faces
+
+    copy_faces(data_dir, tmp_path / "faces", subjects=("s1", "s2", "s3", "s4"))
+    (tmp_path / "tiny.yaml").write_text(
+        "model: {pretrained: null, embedding_size: 32}\n"
+        "data: {train: {format: folder, root: faces}, batch_size: 8, image_size: [64, 64], num_workers: 0}\n"
+        "schedule: {epochs: 3, warmup_epochs: 0}\n"
+        "output: {dir: run, export: false}\n"
+        "runtime: {progress_bar: false}\n")
+    train = run_cli("train", "tiny.yaml", "schedule.epochs=1", cwd=tmp_path, home=cli_home)
+    assert train.returncode == 0, train.stderr
+    assert "training finished: 1 epochs, 2 steps; checkpoints in run" in train.stderr
+    assert "UserWarning" not in train.stderr
+    checkpoint = tmp_path / "run" / "checkpoints" / "latest" / "model.pdparams"
+    export = run_cli("export", str(checkpoint), "-o", "model32", "--name", "tiny", cwd=tmp_path, home=cli_home)
+    assert export.returncode == 0, export.stderr
+    assert "exported tiny (32-d" in export.stderr  # the width comes from the checkpoint
+    embed = run_cli("embed", "faces/s1", "-o", "e.npz", "--model", "model32", cwd=tmp_path, home=cli_home)
+    assert embed.returncode == 0, embed.stderr
+    assert np.load(tmp_path / "e.npz")["embeddings"].shape == (4, 32)

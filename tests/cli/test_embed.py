@@ -26,6 +26,7 @@ def test_whole_run_outputs(whole_run: WholeRun) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_kill_then_resume_is_byte_identical(whole_run: WholeRun, model_dir: Path, cli_home: Path,
                                             tmp_path: Path) -> None:
     workdir = tmp_path

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module with two functions, ``add_parser(subparsers)`` and ``run(args) -> int``;
 :data:`COMMANDS` lists them. The modules hold argument handling, file listing, sharding, resume bookkeeping and
 output writing only; the work is done by the library (``Extractor``, ``retrieval_metrics``, ``Gallery``, ...).
-Nothing here imports Paddle until a command needs it, so ``--help`` and usage errors answer instantly.
+Nothing in this package imports Paddle until a command needs it (``shitu_features/__init__.py`` may, though).
 
 Exit codes: 0 success, 1 error (any :class:`~shitu_features.errors.ShituFeaturesError`, a missing file, ...;
 one line on stderr, the traceback only with ``--debug``), 2 usage error (argparse), 130 interrupted (Ctrl-C).
@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 from shitu_features.cli import embed, evaluate, export, gallery, info, train
 from shitu_features.cli._common import PROG, common_options, configure_logging, error_line
@@ -87,27 +87,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 1 on an error (message on stderr), 2 on a usage error, 130 when interrupted.
     """
-    # Paddle warns about ccache on import, which means nothing to a user who is not compiling extensions.
+    # Paddle warnings that mean nothing to a user of this command: ccache on import (only for compiling custom
+    # ops), and a notice on every BatchNorm in training mode.
     warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     debug, verbose = getattr(args, "debug", False), getattr(args, "verbose", 0)
-    if not (debug or verbose):
-        # Paddle's C++ side logs INFO/WARNING lines through glog (e.g. "W1130 ... PIR not support input out
-        # tensor") that say nothing actionable to a user; errors still show. Read when Paddle is imported.
-        os.environ.setdefault("GLOG_minloglevel", "2")
-        # OpenCV prints "[ERROR:0@3.2] global loadsave.cpp ... can't read data" for every corrupt image; the
-        # error we report (or list in the skip report) already says which file failed and why.
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+    restore_native_logs = _quiet_native_logs() if not (debug or verbose) else (lambda: None)
     handler = configure_logging(quiet=getattr(args, "quiet", False), verbose=verbose, debug=debug)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `shitu-features gallery search ... | head`: the reader left, not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush of stdout does not fail again
+        return 0
     except Exception as exc:  # one line for the user; the traceback only on request
         if debug:
             raise
@@ -115,3 +115,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         logging.getLogger("shitu_features").removeHandler(handler)
+        restore_native_logs()
+
+
+def _quiet_native_logs() -> Callable[[], None]:
+    """Silence the C++ loggers of Paddle (glog) and OpenCV below errors; return a function that undoes it.
+
+    Paddle's glog prints INFO/WARNING lines that say nothing actionable to a user ("W1130 ... PIR not support
+    input out tensor"); OpenCV prints "[ERROR:0@3.2] global loadsave.cpp ... can't read data" for every corrupt
+    image, which the command reports itself (or lists in the skip report). glog reads ``GLOG_minloglevel`` when
+    Paddle is first imported, so it only helps if Paddle is not imported yet; OpenCV's level is set directly.
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
+    try:
+        import cv2
+
+        cv_logging = cv2.utils.logging
+        previous = cv_logging.getLogLevel()
+        cv_logging.setLogLevel(cv_logging.LOG_LEVEL_FATAL)
+    except (ImportError, AttributeError):  # an OpenCV build without the logging API: nothing to undo
+        return lambda: None
+    return lambda: cv_logging.setLogLevel(previous)

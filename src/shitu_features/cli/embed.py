@@ -153,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
         if done:
             say(args, f"resuming: {done_images} of {len(paths)} images already embedded")
         if todo or not chunks:
-            _embed_chunks(args, store, paths, todo, done_images)
+            try:
+                _embed_chunks(args, store, paths, todo, done_images)
+            except KeyboardInterrupt:
+                say(args, f"committed chunks are kept in {store.directory}: rerun the command with --resume")
+                raise
         ok_rows, failures = _assemble(store, paths, chunks, stem, final, npz)
     store.remove()
     written = final if npz else f"{final} + {stem}.paths.txt"

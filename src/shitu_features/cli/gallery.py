@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from shitu_features.cli._common import (
-    HelpFormatter,
     add_model_options,
     add_subcommand,
     expand_inputs,
@@ -84,8 +83,6 @@ def add_parser(subparsers: Any) -> None:
                         help="'skip' leaves unreadable images out (listed on stderr)")
     search.add_argument("--format", choices=("table", "tsv", "json"), default="table", help="output on stdout")
     add_model_options(search)
-    for sub in (parser, build, search):
-        sub.formatter_class = HelpFormatter
 
 
 def _missing_action(args: argparse.Namespace) -> int:  # unreachable: argparse requires an action
@@ -172,8 +169,9 @@ def _render(results: list[dict[str, Any]], fmt: str) -> str:
         if not r["results"]:
             lines.append("  (no result above the threshold)")
         width = max((len(str(h["label"])) for h in r["results"]), default=0)
+        id_width = max((len(str(h["id"])) for h in r["results"]), default=0)
         for h in r["results"]:
             score = "nan" if math.isnan(h["score"]) else f"{h['score']:.4f}"
-            lines.append(f"  {h['rank']:>2}  {score}  {str(h['label']):<{width}}  id {h['id']}"
-                         + (f"  {h['path']}" if h["path"] else ""))
+            line = f"  {h['rank']:>2}  {score}  {str(h['label']):<{width}}  id {h['id']:<{id_width}}"
+            lines.append((line + f"  {h['path']}") if h["path"] else line.rstrip())
     return "\n".join(lines)
