@@ -116,3 +116,33 @@ def test_on_error_skip_reports_and_keeps_every_good_file(whole_run: WholeRun, mo
     got = np.load(tmp_path / "out" / "faces.npy")
     expected = np.stack([whole[os.path.join("faces", "s2", n)] for n in ("1.pgm", "3.pgm", "4.pgm")])
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("count, shards", [(10, 3), (32, 2), (3, 5), (0, 4), (7, 1)])
+def test_shards_tile_the_list_in_order(count: int, shards: int) -> None:
+    from shitu_features.cli.embed import shard_slice
+
+    items = list(range(count))
+    pieces = [items[shard_slice(count, (i, shards))] for i in range(shards)]
+    assert [x for piece in pieces for x in piece] == items
+    assert max(map(len, pieces)) - min(map(len, pieces)) <= 1  # near-equal
+
+
+def test_input_expansion_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shitu_features.cli._common import expand_inputs
+
+    for name in ("b/2.JPG", "b/10.png", "a/x/1.pgm", "a/.hidden/3.jpg", "a/.4.jpg", "a/notes.txt", "c.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "list.txt").write_text("# a comment\n\nc.webp 3\nb/2.JPG, 1, 0\nzz.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    # A directory: recursive, image extensions (any case), hidden entries skipped, sorted by path.
+    assert expand_inputs(["a", "b"]) == [os.path.join("a", "x", "1.pgm"), os.path.join("b", "10.png"),
+                                         os.path.join("b", "2.JPG")]
+    # A glob: sorted, filtered by extension; an explicit file whatever its extension; a list file in line order
+    # (paths relative to its folder; commas accepted); argument order kept, nothing de-duplicated.
+    assert expand_inputs(["b/*", "c.webp", "@list.txt", "list.txt"]) == [
+        os.path.join("b", "10.png"), os.path.join("b", "2.JPG"), "c.webp", "c.webp", "b/2.JPG", "zz.jpg",
+        "c.webp", "b/2.JPG", "zz.jpg"]
+    assert expand_inputs([str(tmp_path / "list.txt")], root="/data") == ["/data/c.webp", "/data/b/2.JPG",
+                                                                       "/data/zz.jpg"]

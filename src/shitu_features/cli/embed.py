@@ -50,6 +50,9 @@ MANIFEST = "manifest.json"
 PARTS_FORMAT = 1
 # A zip entry's timestamp is part of the file's bytes; a fixed one makes .npz outputs reproducible.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Manifest key -> what the user changed, for the message of a refused --resume.
+_OPTION_OF = {"images": "inputs", "paths_sha256": "inputs", "shard": "--shard", "chunk_size": "--chunk-size",
+              "model": "--model", "normalize": "--no-normalize", "format": "partial-folder format"}
 
 _DESCRIPTION = """\
 Embed images into a float32 array, one row per image, and record which row is which image.
@@ -250,11 +253,11 @@ class ChunkStore:
                 "pass --resume to continue it or --restart to discard it"
             )
         if done and resume and old != run_id:
-            changed = sorted(k for k in set(old) | set(run_id) if old.get(k) != run_id.get(k))
+            changed = sorted({_OPTION_OF.get(k, k) for k in set(old) | set(run_id) if old.get(k) != run_id.get(k)})
             raise ConfigError(
-                f"cannot resume: the run in {self.directory} was started with other "
-                f"{', '.join(changed)} (inputs, --shard, --chunk-size, --model and --no-normalize must be "
-                "the same); pass --restart to discard it"
+                f"cannot resume: the run in {self.directory} was started with other {', '.join(changed)} "
+                "(the inputs, --shard, --chunk-size, --model and --no-normalize must be the same); "
+                "pass --restart to discard it"
             )
         if not (resume and done):
             self._clear()

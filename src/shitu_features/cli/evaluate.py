@@ -14,6 +14,7 @@ from shitu_features.cli._common import (
     LabelledList,
     add_subcommand,
     load_extractor,
+    positive_int,
     progress_bar,
     read_labelled_list,
     say,
@@ -54,7 +55,7 @@ def add_parser(subparsers: Any) -> None:
                       help="query list == gallery list without unique ids: use the row number as the unique id")
     add_model_options(parser)
     metrics = parser.add_argument_group("metrics")
-    metrics.add_argument("-k", "--topk", type=int, nargs="+", default=[1, 5], metavar="K",
+    metrics.add_argument("-k", "--topk", type=positive_int, nargs="+", default=[1, 5], metavar="K",
                          help="the k of Recall@k (default: 1 5)")
     metrics.add_argument("--reference-compat", action="store_true",
                          help="PaddleClas' block-wise numbers (excluded items kept at score 0, 64-query blocks)")
