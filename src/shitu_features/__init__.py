@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from shitu_features._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from shitu_features import errors, evaluation, losses, models
+    from shitu_features import data, errors, evaluation, losses, models, training
     from shitu_features.errors import ShituFeaturesError
     from shitu_features.evaluation import retrieval_metrics
     from shitu_features.gallery import Gallery
@@ -38,12 +38,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from shitu_features.inference.preprocess import PreprocessConfig
     from shitu_features.models import RecModel, build_rec_model, load_checkpoint
     from shitu_features.serialization import load_state_dict, save_state_dict
+    from shitu_features.training import TrainConfig, Trainer
 
 #: public name -> (module, attribute or None for the module itself)
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Extractor": ("shitu_features.inference.extractor", "Extractor"),
     "EmbedResult": ("shitu_features.inference.extractor", "EmbedResult"),
     "PreprocessConfig": ("shitu_features.inference.preprocess", "PreprocessConfig"),
+    "Trainer": ("shitu_features.training", "Trainer"),
+    "TrainConfig": ("shitu_features.training", "TrainConfig"),
     "Gallery": ("shitu_features.gallery", "Gallery"),
     "RecModel": ("shitu_features.models", "RecModel"),
     "build_rec_model": ("shitu_features.models", "build_rec_model"),
@@ -55,6 +58,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "errors": ("shitu_features.errors", None),
     "evaluation": ("shitu_features.evaluation", None),
     "losses": ("shitu_features.losses", None),
+    "data": ("shitu_features.data", None),
+    "training": ("shitu_features.training", None),
     "models": ("shitu_features.models", None),
 }
 
