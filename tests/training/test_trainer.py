@@ -1,0 +1,121 @@
+"""Trainer: initial weights with a report, output-dir safety, resume (exact, and after a crash), export parity."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from shitu_features.errors import ConfigError, ModelNotFoundError, OutputExistsError
+from shitu_features.models import BACKBONES, build_rec_model
+from shitu_features.serialization import save_state_dict
+from shitu_features.training import Trainer
+from shitu_features.training.checkpoint import MODEL_FILE, STATE_FILE, load_training_checkpoint
+
+
+def test_missing_training_data_is_a_config_error(tmp_path: Path) -> None:
+    from shitu_features.training import TrainConfig
+
+    cfg = TrainConfig().with_overrides({"model.pretrained": None, "output.dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="data.train is not set"):
+        Trainer(cfg).setup()
+
+
+def test_output_dir_with_checkpoints_is_not_clobbered(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from shitu_features.training.checkpoint import save_checkpoint
+
+    cfg = make_config(tmp_path / "run")
+    with pytest.raises(ModelNotFoundError, match="resume requested"):
+        Trainer(cfg).setup(resume=True)
+    save_checkpoint(tmp_path / "run" / "checkpoints", "latest", model={}, optimizer={}, state={"epoch": 1})
+    with pytest.raises(OutputExistsError, match="runtime.resume=auto"):
+        Trainer(cfg).setup()
+
+
+def test_imagenet_backbone_initialisation_reports_what_was_skipped(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # An ImageNet-style PPLCNetV2_base checkpoint: backbone keys only, last_conv 1280 wide, an fc, stage 3 with
+    # stride 2 (two rep branches in stages.3.0).
+    paddle.seed(3)
+    imagenet = BACKBONES["PPLCNetV2_base"](class_num=1000)
+    path = tmp_path / "PPLCNetV2_base_pretrained.pdparams"
+    save_state_dict(imagenet.state_dict(), path)
+    trainer = Trainer(make_config(tmp_path / "run", **{"model.pretrained": str(path)}))
+    trainer.setup()
+    report = trainer.load_report
+    assert report is not None and len(report.loaded) > 250
+    assert "backbone.last_conv.weight" in report.skipped and "backbone.last_conv.bias" in report.unexpected + report.missing
+    assert any(k.startswith("backbone.fc.") for k in report.unexpected)
+    assert "backbone.stages.3.0.dw_conv_list.2.conv.weight" in report.missing  # the ShiTu variant's new branch
+    np.testing.assert_array_equal(trainer.model.backbone.stem[0].conv.weight.numpy(),
+                                  imagenet.stem[0].conv.weight.numpy())
+
+
+def test_recmodel_checkpoint_with_another_head_loads_strictly(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paddle.seed(4)
+    official = build_rec_model(class_num=11)
+    path = tmp_path / "official.pdparams"
+    save_state_dict(official.state_dict(), path)
+    trainer = Trainer(make_config(tmp_path / "run", **{"model.pretrained": str(path)}))
+    trainer.setup()
+    assert list(trainer.load_report.skipped) == ["head.fc.weight"]  # 11 classes there, 6 here
+    assert not trainer.load_report.missing and not trainer.load_report.unexpected
+    np.testing.assert_array_equal(trainer.model.neck.feat_bn.weight.numpy(), official.neck.feat_bn.weight.numpy())
+
+
+def _weights(path: Path) -> dict:
+    return load_training_checkpoint(path, with_optimizer=False).model
+
+
+@pytest.mark.slow
+def test_resume_matches_a_straight_run_even_after_a_crash_mid_save(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """4 epochs straight == 2 epochs, a crash while saving epoch 3, resume from epoch 2, 2 more epochs."""
+    overrides = {"schedule.epochs": 4, "schedule.iters_per_epoch": 1, "schedule.warmup_epochs": 1}
+    straight = Trainer(make_config(tmp_path / "straight", **overrides))
+    straight.fit()
+
+    out = tmp_path / "split"
+    first = Trainer(make_config(out, **overrides))
+    first.fit(stop_at_epoch=2)
+    ckpts = out / "checkpoints"
+    # The crash: the epoch-3 save had renamed 'latest' aside and left a half-written new directory.
+    shutil.copytree(ckpts / "latest", ckpts / ".latest.tmp-crashed")
+    (ckpts / ".latest.tmp-crashed" / STATE_FILE).unlink()
+    model_file = ckpts / ".latest.tmp-crashed" / MODEL_FILE
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    (ckpts / "latest").rename(ckpts / ".latest.old-crashed")
+
+    second = Trainer(make_config(out, **overrides))
+    result = second.fit(resume=True)
+    assert result.epochs_completed == 4 and result.global_step == 4
+    assert [s for s, _ in second.lr_trace] == [2, 3]
+    assert first.lr_trace + second.lr_trace == straight.lr_trace  # the same learning rate at every step
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest"]  # the crash leftovers were cleaned up
+
+    a, b = _weights(tmp_path / "straight" / "checkpoints" / "latest"), _weights(ckpts / "latest")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.slow
+def test_exported_model_gives_the_trained_models_eval_features(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from shitu_features.inference.extractor import Extractor
+
+    cfg = make_config(tmp_path / "run", **{
+        "schedule.epochs": 1, "schedule.iters_per_epoch": 2, "output.export": True, "eval.every_n_epochs": 1})
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    assert result.export_dir == tmp_path / "run" / "inference"
+    # with evaluation, the export holds the best checkpoint: after one epoch, the trained weights
+    assert result.best_epoch == 1
+
+    query = trainer._query_dataset
+    expected = trainer.extract(query)  # eval mode, branch (non-fused) form, the trainer's own preprocessing
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    extractor = Extractor.from_pretrained(result.export_dir)
+    got = extractor.embed(query.paths, batch_size=8)
+    assert got.shape == expected.shape == (30, 512)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
