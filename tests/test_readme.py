@@ -109,6 +109,25 @@ def test_main_job_downloads_once_then_runs_from_the_cache(mirror: tuple[str, lis
     np.testing.assert_array_equal(np.load(tmp_path / "embeddings.npy"), vectors)
 
 
+def test_main_job_without_network_fails_fast_with_advice(tmp_path: Path) -> None:
+    """No route to the model host (here: a closed loopback port as the mirror): a quick, helpful exit."""
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port that nothing listens on once the socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "embed_folder.py")], cwd=tmp_path,
+                          env=_env(SHITU_FEATURES_ENDPOINT=f"http://127.0.0.1:{port}"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "could not fetch PP-ShiTuV2" in proc.stderr, proc.stderr[-3000:]
+    assert "--model /path/to/PP-ShiTuV2_rec_infer" in proc.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "embeddings.npy").exists()
+
+
 @pytest.mark.slow
 def test_quick_start_runs(mirror: tuple[str, list[str], ThreadingHTTPServer], tmp_path: Path) -> None:
     import cv2
