@@ -4,8 +4,8 @@
     python examples/finetune.py products/ --epochs 20 --image-size 224 --batch-size 64 -o runs/products
 
 ``products/<class name>/<image>``: one sub-folder per identity (at least 2 identities). The run starts from the
-official PP-ShiTuV2 training checkpoint (downloaded once, then cached; its 192,612-class head is replaced by one
-for your classes) unless ``--pretrained`` (or ``SHITU_FEATURES_EXAMPLE_CHECKPOINT``) gives another ``.pdparams``
+official PP-ShiTuV2 training checkpoint (downloaded once, then cached; it may hold the 192,612-class head, up to
+~410 MB, which is replaced by one for your classes) unless ``--pretrained`` (or ``SHITU_FEATURES_EXAMPLE_CHECKPOINT``) gives another ``.pdparams``
 file or URL. It uses the PP-ShiTuV2 recipe (cross entropy + triplet angular margin loss, PK sampling, Momentum,
 cosine schedule), evaluates Recall@1 on the training folder after each epoch (a smoke check, not a held-out
 score), writes checkpoints under ``OUT/checkpoints`` and exports ``OUT/inference``, which
