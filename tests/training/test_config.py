@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -91,8 +92,8 @@ def _modified(paddleclas_yaml: Path, tmp_path: Path, edit) -> Path:  # type: ign
      "DataLoader.Train.sampler.name"),
     (lambda d: d["Optimizer"].update(no_weight_decay_name="bn"), "Optimizer.no_weight_decay_name"),
 ])
-def test_paddleclas_yaml_rejects_unsupported_keys_by_name(paddleclas_yaml: Path, tmp_path: Path, edit,  # type: ignore[no-untyped-def]
-                                                          key: str) -> None:
+def test_paddleclas_yaml_rejects_unsupported_keys_by_name(paddleclas_yaml: Path, tmp_path: Path,
+                                                          edit: Callable[[dict], None], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig.from_paddleclas_yaml(_modified(paddleclas_yaml, tmp_path, edit))
 

@@ -82,4 +82,5 @@ def test_optimizer_state_moves_between_models_built_in_one_process() -> None:
         m(x)["logits"].sum().backward()
         o.step()
     np.testing.assert_array_equal(model2.head.fc.weight.numpy(), model.head.fc.weight.numpy())
-    np.testing.assert_array_equal(model2.backbone.stem[0].conv.weight.numpy(), model.backbone.stem[0].conv.weight.numpy())
+    np.testing.assert_array_equal(model2.backbone.stem[0].conv.weight.numpy(),
+                                  model.backbone.stem[0].conv.weight.numpy())

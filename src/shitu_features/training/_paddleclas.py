@@ -336,7 +336,8 @@ def _optimizer(o: _Reader, out: Dict[str, Any]) -> None:
     o.finish()
 
 
-_TRAIN_OPS = ("DecodeImage", "ResizeImage", "RandFlipImage", "Pad", "RandCropImageV2", "RandomRotation", "NormalizeImage")
+_TRAIN_OPS = ("DecodeImage", "ResizeImage", "RandFlipImage", "Pad", "RandCropImageV2", "RandomRotation",
+              "NormalizeImage")
 #: The training pipeline of the recipe (spec §1); DecodeImage, RandFlipImage, Pad and RandomRotation may be left out.
 _TRAIN_PIPELINE = ("DecodeImage", "ResizeImage", "RandFlipImage", "Pad", "RandCropImageV2", "RandomRotation",
                    "ResizeImage", "NormalizeImage")

@@ -127,7 +127,8 @@ def save_checkpoint(directory: PathLike, name: str, *, model: Mapping[str, Any],
     try:
         save_state_dict(model, tmp / MODEL_FILE)
         save_state_dict(optimizer, tmp / OPTIMIZER_FILE)
-        files = {f: {"sha256": _sha256(tmp / f), "size": (tmp / f).stat().st_size} for f in (MODEL_FILE, OPTIMIZER_FILE)}
+        files = {f: {"sha256": _sha256(tmp / f), "size": (tmp / f).stat().st_size}
+                 for f in (MODEL_FILE, OPTIMIZER_FILE)}
         full_state = {**dict(state), "format_version": FORMAT_VERSION, "files": files}
         state_path = tmp / STATE_FILE
         with state_path.open("w", encoding="utf-8") as fh:

@@ -53,7 +53,9 @@ IMAGENET_SSLD_URL = (
     "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/legendary_models/PPLCNetV2_base_ssld_pretrained.pdparams"
 )
 #: The plain ImageNet weights (``use_ssld: false``).
-IMAGENET_URL = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/legendary_models/PPLCNetV2_base_pretrained.pdparams"
+IMAGENET_URL = (
+    "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/legendary_models/PPLCNetV2_base_pretrained.pdparams"
+)
 
 
 def scale_lr(global_batch: int, *, reference_lr: float = REFERENCE_LR,
@@ -122,7 +124,8 @@ class DatasetConfig(_Section):
     - ``csv``: a CSV file with a header; ``path_column`` and ``label_column`` name the columns.
     """
 
-    format: Literal["list", "folder", "csv"] = Field("list", description="dataset.name (ImageNetDataset/VeriWild = list)")
+    format: Literal["list", "folder", "csv"] = Field(
+        "list", description="dataset.name (ImageNetDataset/VeriWild = list)")
     root: Optional[str] = Field(None, description="dataset.image_root: folder the image paths are relative to; "
                                 "null = the folder of the list/CSV file. Required for the folder format")
     file: Optional[str] = Field(None, description="dataset.cls_label_path (list) or the CSV file")
@@ -268,8 +271,8 @@ class ScheduleConfig(_Section):
                                  "never reaches optimizer.lr (as in PaddleClas)")
     warmup_start_lr: float = Field(0.0, ge=0.0, description="Optimizer.lr.warmup_start_lr")
     eta_min: float = Field(0.0, ge=0.0, description="Optimizer.lr.eta_min, the final learning rate")
-    iters_per_epoch: Optional[int] = Field(None, gt=0, description="steps per epoch; null = what the sampler gives "
-                                           "(ceil(ceil(N / world_size) / batch_size), spec §6)")
+    iters_per_epoch: Optional[int] = Field(None, gt=0, description="PK batches per epoch (fewer or more than a pass "
+                                           "over the data); null = ceil(ceil(N / world_size) / batch_size), spec §6")
 
 
 class EvalConfig(_Section):

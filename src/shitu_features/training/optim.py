@@ -20,7 +20,9 @@ from paddle.regularizer import L2Decay
 
 from shitu_features.training.config import OptimizerConfig
 
-__all__ = ["ParamGroups", "parameter_groups", "build_optimizer", "optimizer_state_to_named", "optimizer_state_from_named"]
+__all__ = [
+    "ParamGroups", "parameter_groups", "build_optimizer", "optimizer_state_to_named", "optimizer_state_from_named",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -180,6 +180,28 @@ def _resolve_weights(spec: str) -> Path:
     return resolved.path
 
 
+class _EpochBatches:
+    """``iters`` PK batches per epoch, fewer or more than the sampler's natural epoch (``schedule.iters_per_epoch``).
+
+    :meth:`PKSampler.batch` is a pure function of ``(epoch, step)``, so any number of steps can be drawn; the
+    loader sees an ordinary batch sampler (``__iter__``, ``__len__``, ``set_epoch``, ``seed``, ``rank``).
+    """
+
+    def __init__(self, sampler: PKSampler, iters: int) -> None:
+        self.sampler, self.iters = sampler, iters
+        self.seed, self.rank, self.epoch = sampler.seed, sampler.rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.iters
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for step in range(self.iters):
+            yield self.sampler.batch(self.epoch, step)
+
+
 class _Progress:
     """A tqdm bar when available and wanted, else nothing (logging still reports every ``log_every`` steps)."""
 
@@ -226,6 +248,7 @@ class Trainer:
         model: the :class:`RecModel` being trained (unwrapped; ``DataParallel`` is internal).
         history: one :class:`EpochRecord` per epoch run by this process.
         lr_trace: ``(global_step, lr)`` of every optimizer step run by this process.
+        loss_trace: ``(global_step, total loss)`` of every optimizer step run by this process (this rank's batch).
         load_report: what loading ``model.pretrained`` did, or ``None``.
         label_map: original label <-> class id of the head, saved in every checkpoint.
     """
@@ -237,6 +260,7 @@ class Trainer:
         self.checkpoint_dir = self.output_dir / CHECKPOINTS_DIR
         self.history: List[EpochRecord] = []
         self.lr_trace: List[Tuple[int, float]] = []
+        self.loss_trace: List[Tuple[int, float]] = []
         self.load_report: Optional[LoadReport] = None
         self._train_dataset = train_dataset
         self._query_dataset = query_dataset
@@ -294,9 +318,9 @@ class Trainer:
         sampler = PKSampler(train.labels, d.batch_size, d.sample_per_id, seed=cfg.runtime.seed,
                             drop_last=d.drop_last, rank=self.ctx.rank, world_size=self.ctx.world_size,
                             sample_method=d.sample_method, id_list=d.id_list or None, ratio=d.id_ratio or None)
-        self.train_loader = DataLoader(train, sampler, num_workers=d.num_workers, prefetch=d.prefetch_batches,
-                                       seed=cfg.runtime.seed, rank=self.ctx.rank)
         self.iters_per_epoch = cfg.schedule.iters_per_epoch or len(sampler)
+        self.train_loader = DataLoader(train, _EpochBatches(sampler, self.iters_per_epoch), num_workers=d.num_workers,
+                                       prefetch=d.prefetch_batches, seed=cfg.runtime.seed, rank=self.ctx.rank)
 
         evaluating = cfg.eval.every_n_epochs > 0 or cfg.eval.at_start
         if self._query_dataset is None and d.query is not None and evaluating:
@@ -490,12 +514,11 @@ class Trainer:
         lr = self.schedule(self.global_step)
         try:
             for i, batch in enumerate(self.train_loader):
-                if i >= self.iters_per_epoch:
-                    break
                 lr = self.schedule(self.global_step)
                 self.optimizer.set_lr(lr)
                 parts = self._train_step(batch.images, batch.labels)
                 self.lr_trace.append((self.global_step, lr))
+                self.loss_trace.append((self.global_step, parts["total"]))
                 self.global_step += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -512,7 +535,7 @@ class Trainer:
         finally:
             progress.close()
         seconds = time.perf_counter() - start
-        steps = max(1, min(self.iters_per_epoch, len(self.train_loader)))
+        steps = max(1, self.iters_per_epoch)
         return EpochRecord(epoch=epoch, global_step=self.global_step, loss={k: v / steps for k, v in sums.items()},
                            lr=lr, images_per_s=images / max(seconds, 1e-9), seconds=seconds)
 
@@ -553,7 +576,7 @@ class Trainer:
         loader = DataLoader(dataset, sampler, num_workers=self.config.data.num_workers, seed=0, rank=self.ctx.rank)
         use_neck = self.config.eval.feature_from == "features" and model.neck is not None
         chunks = []
-        with paddle.no_grad():
+        with paddle.no_grad(), paddle.amp.auto_cast(enable=self.amp, level=self.config.runtime.amp_level):
             for batch in loader:
                 feat = model.backbone(paddle.to_tensor(batch.images))
                 if use_neck:
@@ -660,17 +683,19 @@ class Trainer:
 
         target = Path(directory or self.config.output.export_dir or self.output_dir / "inference").expanduser()
         which = weights or self.config.output.export_from
-        model: RecModel = self.model
+        state: Dict[str, Any] = self.model.state_dict()
         source: Dict[str, Any] = {"trained_epochs": self.epoch, "weights": "last"}
-        best_dir = self.checkpoint_dir / "best"
         if which == "best" and self.best_epoch is not None and checkpoint_exists(self.checkpoint_dir, "best"):
-            best = load_training_checkpoint(best_dir, with_optimizer=False)
-            model = build_rec_model(None, backbone=self.config.model.backbone,
-                                    embedding_size=self.config.model.embedding_size, neck=self.config.model.neck,
-                                    dropout_prob=self.config.model.dropout_prob)
-            load_checkpoint(model, best.model, strict=True)
+            best = load_training_checkpoint(self.checkpoint_dir / "best", with_optimizer=False)
+            state = best.model
             source = {"trained_epochs": int(best.state["epoch"]), "weights": "best",
                       "checkpoint": str(best.path), self.config.eval.best_metric: self.best_value}
+        # A fresh float32 model without head: the export never depends on the training wrapper (DataParallel,
+        # AMP O2 float16 parameters) and never touches the weights being trained.
+        m = self.config.model
+        model = build_rec_model(None, backbone=m.backbone, embedding_size=m.embedding_size, neck=m.neck,
+                                dropout_prob=m.dropout_prob)
+        load_checkpoint(model, {k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
         path = export_inference_model(model, target, preprocess=self.preprocess, source=source, overwrite=True)
         (path / "label_map.json").write_text(json.dumps(self.label_map.to_dict()), encoding="utf-8")
         logger.info("exported the %s weights to %s", source["weights"], path)
