@@ -52,8 +52,13 @@ class _Reader:
             raise ConfigError(f"{self.path(key)} is missing")
         return default
 
-    def section(self, key: str, required: bool = True) -> Optional[_Reader]:
-        value = self.get(key, _MISSING if required else None)
+    def section(self, key: str) -> _Reader:
+        """A required sub-mapping."""
+        return _Reader(self.get(key), self.path(key))
+
+    def optional_section(self, key: str) -> Optional[_Reader]:
+        """A sub-mapping that may be absent or null."""
+        value = self.get(key, None)
         return None if value is None else _Reader(value, self.path(key))
 
     def expect(self, key: str, allowed: Sequence[Any], default: Any = _MISSING, why: str = "") -> Any:
@@ -104,14 +109,14 @@ def paddleclas_yaml_to_dict(path: Union[str, os.PathLike[str]]) -> Dict[str, Any
                                            "runtime")}
     try:
         _global(root.section("Global"), out)
-        amp = root.section("AMP", required=False)
+        amp = root.optional_section("AMP")
         if amp is not None:
             _amp(amp, out)
         _arch(root.section("Arch"), out)
         _loss(root.section("Loss"), out)
         _optimizer(root.section("Optimizer"), out)
         _dataloader(root.section("DataLoader"), out)
-        metric = root.section("Metric", required=False)
+        metric = root.optional_section("Metric")
         if metric is not None:
             _metric(metric, out)
         root.inert("Infer")  # tools/infer.py settings; the Extractor carries its own preprocessing
@@ -219,12 +224,12 @@ def _arch(a: _Reader, out: Dict[str, Any]) -> None:
         model["dropout_prob"] = float(backbone.get("dropout_prob"))
     backbone.finish()
 
-    stop = a.section("BackboneStopLayer", required=False)
+    stop = a.optional_section("BackboneStopLayer")
     if stop is not None:
         stop.expect("name", ["flatten"], why="the backbone ends at flatten (no ImageNet fc)")
         stop.finish()
 
-    neck = a.section("Neck", required=False)
+    neck = a.optional_section("Neck")
     if neck is None:
         model["neck"] = None
     else:
@@ -233,13 +238,13 @@ def _arch(a: _Reader, out: Dict[str, Any]) -> None:
         if width != model.get("embedding_size", 512):
             raise ConfigError(f"{neck.path('num_features')}: {width} differs from the embedding size "
                               f"{model.get('embedding_size', 512)} (Backbone.class_expand)")
-        w = neck.section("weight_attr", required=False)
+        w = neck.optional_section("weight_attr")
         if w is not None:
             _initializer(w.section("initializer"), {"name": "Constant", "value": 1.0}, "the BN-neck weight")
             w.finish()
-        b = neck.section("bias_attr", required=False)
+        b = neck.optional_section("bias_attr")
         if b is not None:
-            _initializer(b.section("initializer", required=False), {"name": "Constant", "value": 0.0},
+            _initializer(b.optional_section("initializer"), {"name": "Constant", "value": 0.0},
                          "the BN-neck bias")
             lr = float(b.get("learning_rate", 1.0e-20))
             if lr > 1e-10:
@@ -262,7 +267,7 @@ def _arch(a: _Reader, out: Dict[str, Any]) -> None:
     if kwargs:
         model["head_kwargs"] = kwargs
     if model["head"] == "FC":
-        w = head.section("weight_attr", required=False)
+        w = head.optional_section("weight_attr")
         if w is not None:
             _initializer(w.section("initializer"), {"name": "Normal", "mean": 0.0, "std": 0.001}, "the FC weight")
             w.finish()
@@ -323,7 +328,7 @@ def _optimizer(o: _Reader, out: Dict[str, Any]) -> None:
         if int(lr.get("epochs")) != sched["epochs"]:
             raise ConfigError(f"{lr.path('epochs')} differs from Global.epochs")
     lr.finish()
-    reg = o.section("regularizer", required=False)
+    reg = o.optional_section("regularizer")
     if reg is None:
         opt["weight_decay"] = 0.0
     else:
@@ -485,27 +490,27 @@ def _dataloader(dl: _Reader, out: Dict[str, Any]) -> None:
         data["id_list"] = [int(v) for v in id_list or []]
         data["id_ratio"] = [float(v) for v in ratio or []]
     sampler.finish()
-    loader = train.section("loader", required=False)
+    loader = train.optional_section("loader")
     if loader is not None:
         data["num_workers"] = int(loader.get("num_workers", 4))
         loader.inert("use_shared_memory")
         loader.finish()
     train.finish()
 
-    ev = dl.section("Eval", required=False)
+    ev = dl.optional_section("Eval")
     if ev is not None:
         specs = {}
         for split in ("Query", "Gallery"):
             part = ev.section(split)
             specs[split] = _dataset(part.section("dataset"), ["VeriWild", "ImageNetDataset"], data, train=False)
-            s = part.section("sampler", required=False)
+            s = part.optional_section("sampler")
             if s is not None:
                 s.expect("name", ["DistributedBatchSampler", "BatchSampler"])
                 out["eval"]["batch_size"] = int(s.get("batch_size", 64))
                 s.expect("shuffle", [False], default=False)
                 s.expect("drop_last", [False], default=False, why="every query and gallery image is evaluated")
                 s.finish()
-            lp = part.section("loader", required=False)
+            lp = part.optional_section("loader")
             if lp is not None:
                 lp.inert("num_workers", "use_shared_memory")
                 lp.finish()

@@ -64,8 +64,10 @@ class TrainingCheckpoint:
 
     Attributes:
         path: the directory it was read from (``latest``, or a ``.latest.old-*`` after a crash).
-        model: model state dict, ``name -> array``.
-        optimizer: optimizer state keyed by structured name (see the module docstring); may be empty.
+        model: model state dict, ``name -> array`` with each tensor's stored shape and dtype (float32 unless the
+            model was trained in AMP O2, float16), e.g. ``backbone.stem.0.conv.weight`` ``[32, 3, 3, 3]``.
+        optimizer: optimizer state keyed by structured name (see the module docstring), arrays shaped like their
+            parameters (float32); empty when read with ``with_optimizer=False``.
         state: the parsed ``trainer_state.json`` (``epoch``, ``global_step``, ``rng``, ``label_map``, ...).
     """
 

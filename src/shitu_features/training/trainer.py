@@ -123,12 +123,14 @@ def preprocess_config_of(config: TrainConfig) -> PreprocessConfig:
 
 def build_dataset(spec: DatasetConfig, transform: Any) -> ImageDataset:
     """Open one split described by a :class:`DatasetConfig` with the given transform."""
+    if spec.format == "folder":
+        assert spec.root is not None  # DatasetConfig requires it for folders
+        return ImageDataset.from_folder(spec.root, transform=transform)
+    assert spec.file is not None  # DatasetConfig requires it for lists and CSV files
     if spec.format == "list":
         return ImageDataset.from_list_file(spec.file, spec.root, delimiter=spec.delimiter, transform=transform)
-    if spec.format == "csv":
-        return ImageDataset.from_csv(spec.file, spec.root, path_column=spec.path_column,
-                                     label_column=spec.label_column, transform=transform)
-    return ImageDataset.from_folder(spec.root, transform=transform)
+    return ImageDataset.from_csv(spec.file, spec.root, path_column=spec.path_column,
+                                 label_column=spec.label_column, transform=transform)
 
 
 def _derived_seed(*parts: int) -> int:
@@ -136,7 +138,7 @@ def _derived_seed(*parts: int) -> int:
 
 
 def _rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     return {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -580,7 +582,7 @@ class Trainer:
             for batch in loader:
                 feat = model.backbone(paddle.to_tensor(batch.images))
                 if use_neck:
-                    feat = model.neck(feat)
+                    feat = model.neck(feat)  # type: ignore[misc]  # not None: checked in use_neck
                 chunks.append(feat.astype("float32").numpy())
         if was_training:
             model.train()
@@ -599,6 +601,8 @@ class Trainer:
         query = self._query_dataset
         q_feat = self.extract(query)
         q_labels = np.asarray(query.original_labels)
+        q_cam: Optional[np.ndarray]
+        g_cam: Optional[np.ndarray]
         if self._gallery_dataset is None:
             g_feat, g_labels = q_feat, q_labels
             # Each image is excluded from its own ranking through a per-image id (spec §8: unique_id "camera").
