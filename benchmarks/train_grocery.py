@@ -69,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "optimizer.lr": args.lr, "schedule.iters_per_epoch": args.iters_per_epoch,
         "eval.every_n_epochs": 0 if args.no_eval else args.epochs, "eval.at_start": not args.no_eval,
         "output.dir": str(output), "output.overwrite": True, "output.export": False,
-        "runtime.seed": args.seed, "runtime.num_threads": args.num_threads or None, "runtime.progress_bar": rank == 0,
+        "runtime.seed": args.seed, "runtime.num_threads": args.num_threads or None, "runtime.progress_bar": None if rank == 0 else False,
     })
     d = cfg.data
 

@@ -117,7 +117,8 @@ def test_exported_model_gives_the_trained_models_eval_features(
     # with evaluation, the export holds the best checkpoint: after one epoch, the trained weights
     assert result.best_epoch == 1
 
-    query = trainer._query_dataset
+    query = trainer.query_dataset
+    assert query is not None
     expected = trainer.extract(query)  # eval mode, branch (non-fused) form, the trainer's own preprocessing
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     extractor = Extractor.from_pretrained(result.export_dir)

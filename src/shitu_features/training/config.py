@@ -321,7 +321,8 @@ class RuntimeConfig(_Section):
     amp_init_loss_scaling: float = Field(128.0, gt=0.0, description="AMP.scale_loss")
     amp_dynamic_loss_scaling: bool = Field(True, description="AMP.use_dynamic_loss_scaling")
     log_every: int = Field(20, ge=1, description="Global.print_batch_step: steps between log lines")
-    progress_bar: bool = Field(True, description="show a tqdm progress bar (rank 0, when tqdm is installed)")
+    progress_bar: Optional[bool] = Field(None, description="tqdm progress bar on rank 0 (needs tqdm); null = only "
+                                         "when stderr is a terminal")
     num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for Paddle's kernels and OpenCV; "
                                        "null = leave the library defaults")
     resume: Union[bool, Literal["auto"], str] = Field(

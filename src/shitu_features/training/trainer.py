@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,13 @@ import paddle
 # between the two packages); importing it first here keeps the trainer importable on its own.
 from shitu_features.data import DataLoader, ImageDataset, LabelMap, PKSampler, SequentialBatchSampler
 from shitu_features.data import eval_transform, train_transform
-from shitu_features.errors import CheckpointMismatchError, ConfigError, ModelNotFoundError, OutputExistsError
+from shitu_features.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    DeviceError,
+    ModelNotFoundError,
+    OutputExistsError,
+)
 from shitu_features.evaluation import retrieval_metrics
 from shitu_features.inference.preprocess import PreprocessConfig
 from shitu_features.losses import LossTerm, WeightedLoss, build_loss
@@ -207,8 +214,10 @@ class _EpochBatches:
 class _Progress:
     """A tqdm bar when available and wanted, else nothing (logging still reports every ``log_every`` steps)."""
 
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+    def __init__(self, enabled: Optional[bool], total: int, desc: str) -> None:
         self.bar = None
+        if enabled is None:  # auto: only where a person watches, never in log files
+            enabled = sys.stderr.isatty()
         if enabled:
             try:
                 from tqdm.auto import tqdm
@@ -275,6 +284,21 @@ class Trainer:
         #: metrics of the initial weights when ``eval.at_start`` is set (before any training step)
         self.initial_metrics: Optional[Dict[str, float]] = None
 
+    @property
+    def train_dataset(self) -> Optional[ImageDataset]:
+        """The training dataset (built from ``config.data.train`` by :meth:`setup` unless one was given)."""
+        return self._train_dataset
+
+    @property
+    def query_dataset(self) -> Optional[ImageDataset]:
+        """The evaluation queries, or ``None`` without evaluation."""
+        return self._query_dataset
+
+    @property
+    def gallery_dataset(self) -> Optional[ImageDataset]:
+        """The evaluation gallery; ``None`` with a query set means the query set is its own gallery."""
+        return self._gallery_dataset
+
     # ---- setup --------------------------------------------------------------------------------------------
 
     def _setup_runtime(self) -> None:
@@ -285,8 +309,6 @@ class Trainer:
             device = "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
         if device == "gpu":
             if not paddle.is_compiled_with_cuda():
-                from shitu_features.errors import DeviceError
-
                 raise DeviceError("runtime.device=gpu but this Paddle build has no CUDA; set runtime.device=cpu")
             paddle.set_device(f"gpu:{self.ctx.local_rank}")
         else:
@@ -507,7 +529,7 @@ class Trainer:
         # reproducible on its own, which is what lets a resumed run match an uninterrupted one.
         paddle.seed(_derived_seed(rt.seed, epoch, self.ctx.rank))
         self.train_loader.set_epoch(epoch - 1)
-        progress = _Progress(rt.progress_bar and self.ctx.is_main, self.iters_per_epoch,
+        progress = _Progress(rt.progress_bar if self.ctx.is_main else False, self.iters_per_epoch,
                              f"epoch {epoch}/{cfg.schedule.epochs}")
         sums: Dict[str, float] = {}
         images = 0
