@@ -37,8 +37,6 @@ FRAMEWORK_HOOKS = {"forward", "extra_repr", "__call__", "__init__"}
 
 # name -> why it is tolerated for now (owner told); listed names run as xfail(strict=False).
 KNOWN_GAPS: dict[str, str] = {
-    "shitu_features.data.Transform": "protocol docstring states neither the image layout nor its dtype",
-    "shitu_features.training.TrainingCheckpoint": "'model: name -> array' states no dtype (arrays as stored)",
 }
 
 

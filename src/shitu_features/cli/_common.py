@@ -75,7 +75,7 @@ def add_subcommand(subparsers: Any, name: str, *, help: str, description: str, e
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, batch: bool = True) -> None:
-    """``--model``, ``--device``, ``--num-threads``, ``--offline``, ``--cache-dir`` (and ``--batch-size``)."""
+    """``--model``, ``--device``, ``--num-threads``, ``--no-onednn``, ``--offline``, ``--cache-dir`` (and ``--batch-size``)."""
     group = parser.add_argument_group("model options")
     group.add_argument("-m", "--model", metavar="NAME_OR_PATH",
                        help="official model name, inference directory or .pdparams checkpoint "
@@ -83,6 +83,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, batch: bool = True) ->
     group.add_argument("--device", default="cpu", help="'cpu', 'gpu' or 'gpu:N'")
     group.add_argument("--num-threads", type=positive_int, metavar="N",
                        help="CPU math threads (default: Paddle's choice)")
+    group.add_argument("--no-onednn", dest="use_mkldnn", action="store_false",
+                       help="turn oneDNN off on CPU (escape hatch for Paddle builds whose oneDNN misbehaves)")
     group.add_argument("--offline", action="store_true",
                        help="never download; use the cache only (also SHITU_FEATURES_OFFLINE=1)")
     group.add_argument("--cache-dir", metavar="DIR", help="model cache (default: $SHITU_FEATURES_HOME)")
@@ -170,7 +172,8 @@ def load_extractor(args: argparse.Namespace) -> Any:
     """
     from shitu_features.inference.extractor import Extractor
 
-    kwargs: dict[str, Any] = {"device": args.device, "num_threads": args.num_threads}
+    kwargs: dict[str, Any] = {"device": args.device, "num_threads": args.num_threads,
+                              "use_mkldnn": getattr(args, "use_mkldnn", True)}
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
     if args.offline:

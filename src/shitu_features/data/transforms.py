@@ -60,7 +60,8 @@ Size = Union[int, Sequence[int]]
 
 
 class Transform(Protocol):
-    """A callable on an image; random transforms need ``rng``."""
+    """A callable on an image: ``[H, W, 3]`` uint8 RGB in, ``[H', W', 3]`` uint8 out (``NormalizeImage`` returns
+    ``[3, H, W]`` float32). Random transforms draw only from ``rng`` (a ``numpy.random.Generator``)."""
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray: ...
 

@@ -61,6 +61,7 @@ class _CosineHead(nn.Layer):
         return self.scale * self.apply_margin(cos, self.one_hot(labels))
 
     def apply_margin(self, cos: paddle.Tensor, one_hot: paddle.Tensor) -> paddle.Tensor:
+        """Training logits before scaling from ``cos`` ``[N, class_num]`` and the float32 one-hot labels."""
         raise NotImplementedError
 
 
