@@ -57,6 +57,20 @@ def test_lookup_table_equals_arithmetic_for_every_layout() -> None:
         assert np.array_equal(pre(DecodedImage(gray, "gray")), preprocess(np.repeat(gray[..., None], 3, 2), config))
 
 
+def test_writes_into_batch_rows_and_non_contiguous_outputs() -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    pre = Preprocessor()
+    want = preprocess(rgb)
+    batch = np.zeros((2, 3, 224, 224), np.float32)
+    row = batch[1]
+    assert pre(DecodedImage(rgb, "rgb"), out=row) is row
+    assert np.array_equal(batch[1], want) and not batch[0].any()  # written in place, the other row untouched
+    strided = np.zeros((3, 224, 448), np.float32)[:, :, ::2]  # a view OpenCV cannot write into directly
+    pre(DecodedImage(rgb, "rgb"), out=strided)
+    assert np.array_equal(strided, want)
+
+
 def test_bgr_model_config_feeds_bgr() -> None:
     rgb = np.random.default_rng(1).integers(0, 256, (10, 12, 3), dtype=np.uint8)
     bgr_model = PreprocessConfig(channel_order="bgr", mean=(0.406, 0.456, 0.485), std=(0.225, 0.224, 0.229))
