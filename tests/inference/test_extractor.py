@@ -365,6 +365,35 @@ def test_streaming_consumes_the_input_lazily(extractor: Extractor, preprocess_im
     assert consumed <= 4 * 3
 
 
+def test_paddle_decodes_between_forward_passes(extractor: Extractor, preprocess_images: list[Path]) -> None:
+    # Paddle's run() holds the GIL, so the next batch is queued right after each forward pass (not before it),
+    # and enough batches are queued to give every worker an image.
+    assert not extractor.predictor.releases_gil
+    consumed = 0
+
+    def paths():
+        nonlocal consumed
+        for i in range(40):
+            consumed += 1
+            yield preprocess_images[i % len(preprocess_images)]
+
+    for batch_size, workers, queued_at_first_result in ((4, 2, 8), (1, 2, 2), (1, 3, 3)):
+        consumed = 0
+        stream = extractor.iter_embed(paths(), batch_size=batch_size, num_workers=workers)
+        first = next(stream)
+        assert len(first.indices) == batch_size
+        # batch 4: the first batch, plus the next one queued after its forward pass; batch 1: one image per worker,
+        # decoded together, the second already waiting when the first result is returned
+        assert consumed == queued_at_first_result, (batch_size, workers)
+        stream.close()
+
+
+def test_default_decode_workers_use_every_core_with_paddle(extractor: Extractor) -> None:
+    from shitu_features.inference.predictor import physical_cpu_count
+
+    assert extractor.num_workers == max(1, min(8, physical_cpu_count()))
+
+
 def test_streamed_batches_equal_embed(extractor: Extractor, sixteen_inputs: list) -> None:
     batches = list(extractor.iter_embed(iter(sixteen_inputs), batch_size=6))
     assert [len(b.indices) for b in batches] == [6, 6, 4]

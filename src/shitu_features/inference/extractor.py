@@ -10,9 +10,12 @@ How ``embed`` works (and why it is fast without changing results):
 - inputs are consumed lazily from any iterable, in batches; at most ``prefetch + 1`` batches are in memory, so
   a generator of 10^7 paths streams in bounded memory (use :meth:`Extractor.iter_embed` to also stream the
   output instead of holding one ``[N, D]`` array);
-- decoding and resizing run in a thread pool (OpenCV releases the GIL) while the predictor runs the previous
-  batch; each worker writes its preprocessed image straight into a row of a preallocated ``[B, 3, H, W]``
-  buffer (buffers are recycled);
+- decoding and resizing run in a thread pool (OpenCV releases the GIL); each worker writes its preprocessed
+  image straight into a row of a preallocated ``[B, 3, H, W]`` buffer (buffers are recycled). Paddle's
+  ``run`` holds the GIL for the whole forward pass, so with the Paddle backend the workers decode the next
+  batch between two forward passes, on every core, while the caller consumes the last result; with
+  ``backend="onnxruntime"`` (its ``run`` releases the GIL) they decode while the model runs
+  (docs/performance.md has the measurements);
 - the predictor is configured once (oneDNN, threads, fused weights) and only fed data afterwards;
 - preprocessing is bit-identical to the reference deploy path (spec §5.1) whatever the batch size, and the
   L2 normalisation is NaN-free: a zero feature stays a zero vector and is reported (spec §12 #11).
@@ -62,6 +65,7 @@ __all__ = ["Extractor", "EmbedResult", "EmbedBatch", "EmbedFailure", "ZeroNormWa
 logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+Backend = Literal["paddle", "onnxruntime"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -221,6 +225,7 @@ class Extractor:
         precision: Precision = "fp32",
         progress: bool | None = None,
         num_workers: int | None = None,
+        backend: Backend = "paddle",
     ) -> Extractor:
         """Load an extractor from an official name, a local directory or checkpoint, a URL or a hub repo.
 
@@ -239,6 +244,9 @@ class Extractor:
             precision: ``"fp32"``, or ``"fp16"`` on GPU.
             progress: download progress bars (``None``: only on a terminal).
             num_workers: decode / preprocess threads of :meth:`embed`.
+            backend: ``"paddle"`` (default: Paddle Inference) or ``"onnxruntime"`` (needs the ``[onnx]`` extra;
+                the model is converted once with paddle2onnx and cached; CPU, or GPU with onnxruntime-gpu;
+                fp32 only; results equal Paddle's within 1e-4 after L2).
 
         Returns:
             A ready :class:`Extractor`.
@@ -249,22 +257,25 @@ class Extractor:
             UnsafeCheckpointError, CheckpointMismatchError: a ``.pdparams`` is unsafe or does not fit.
             DeviceError: GPU requested but not available.
             ConfigError: an invalid option or model configuration.
+            ImportError: ``backend="onnxruntime"`` without onnxruntime / paddle2onnx installed.
         """
         from shitu_features.inference import hub
 
         parse_device(device)  # fail on a bad device string before any download
+        if backend not in _BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(map(repr, _BACKENDS))}")
         resolved = hub.resolve(name_or_path, cache_dir=cache_dir, local_files_only=local_files_only,
                                force_download=force_download, progress=progress)
         name = resolved.name
+        home = Path(cache_dir).expanduser() if cache_dir is not None else hub.cache_home()
         if resolved.kind == "pdparams":
-            home = Path(cache_dir).expanduser() if cache_dir is not None else hub.cache_home()
             model_dir = cls._export_checkpoint(Path(resolved.path), home, name)
         else:
             model_dir = Path(resolved.path)
         files = hub.find_inference_files(model_dir)
         preprocess, embedding_size, name = cls._read_model_facts(files, name)
-        predictor = Predictor(files.model_file, files.params_file, device=device, num_threads=num_threads,
-                              use_mkldnn=use_mkldnn, precision=precision)
+        predictor = _BACKENDS[backend](files.model_file, files.params_file, home, device=device,
+                                       num_threads=num_threads, use_mkldnn=use_mkldnn, precision=precision)
         return cls(predictor, preprocess, name=name, model_dir=files.directory, embedding_size=embedding_size,
                    source=resolved.source, num_workers=num_workers)
 
@@ -372,12 +383,20 @@ class Extractor:
         """Decode / preprocess threads used by :meth:`embed`."""
         return self._num_workers
 
+    @property
+    def backend(self) -> str:
+        """The inference backend: ``"paddle"`` or ``"onnxruntime"``."""
+        return getattr(self._predictor, "backend", "paddle")
+
     def __repr__(self) -> str:
         pred = self._predictor
-        cpu = f", threads={pred.num_threads}, onednn={pred.use_mkldnn}" if pred.device_kind == "cpu" else ""
+        cpu = ""
+        if pred.device_kind == "cpu":
+            cpu = f", threads={pred.num_threads}" + (f", onednn={pred.use_mkldnn}" if self.backend == "paddle" else "")
         width, height = self.input_size
         dim = self._embedding_size if self._embedding_size is not None else "?"
-        return (f"Extractor(name={self._name!r}, device={pred.device!r}, precision={pred.precision!r}{cpu}, "
+        return (f"Extractor(name={self._name!r}, backend={self.backend!r}, device={pred.device!r}, "
+                f"precision={pred.precision!r}{cpu}, "
                 f"input={width}x{height}, embedding_size={dim}, workers={self._num_workers}, "
                 f"source={self._source!r})")
 
@@ -385,8 +404,14 @@ class Extractor:
         if self._predictor.device_kind == "gpu":
             # The GPU is fast: decoding is the bottleneck, give it every core.
             return max(2, min(16, os.cpu_count() or 2))
-        # On CPU the model's forward pass dominates (~10x a JPEG decode); a few threads keep it fed.
-        return max(1, min(4, physical_cpu_count() // 2))
+        cores = physical_cpu_count()
+        if getattr(self._predictor, "releases_gil", False):
+            # The workers decode while the model runs, on the cores its threads use: a few keep it fed (a forward
+            # pass costs ~15x a JPEG decode + resize).
+            return max(1, min(4, cores // 2))
+        # The workers decode only between two forward passes (see _pipeline), when the cores are otherwise idle:
+        # use them all to keep that gap short (docs/performance.md).
+        return max(1, min(8, cores))
 
     # ------------------------------------------------------------------------------------------------------
     # Saving
@@ -548,7 +573,9 @@ class Extractor:
             on_error: ``"raise"`` or ``"skip"`` (failures are reported in each :class:`EmbedBatch`).
             channel_order: order of 3-channel ``numpy`` inputs.
             num_workers: decode / preprocess threads.
-            prefetch: batches decoded ahead of the one being run through the model.
+            prefetch: batches decoded ahead of the one being run through the model, when the backend's ``run``
+                releases the GIL (onnxruntime); with Paddle, whose ``run`` holds it, the next batch is decoded
+                right after each forward pass instead, so this only bounds the buffers.
 
         Returns:
             An iterator of :class:`EmbedBatch`, one per input batch (with no rows when every input of it failed).
@@ -575,29 +602,44 @@ class Extractor:
 
     def _pipeline(self, source: Iterator[tuple[int, Any]], batch_size: int, workers: int, normalize: bool,
                   on_error: OnError, channel_order: ChannelOrder, prefetch: int, warn: bool) -> Iterator[EmbedBatch]:
+        # Whether the workers can decode while the model runs. Paddle's run() holds the GIL for the whole forward
+        # pass (onnxruntime's releases it), so with Paddle a batch queued for decoding during a run only leaves the
+        # workers stalled mid-image, and a worker still inside OpenCV then competes with the model's threads. There
+        # the workers decode in the gap after each forward pass instead, on every core, while the caller consumes
+        # the result: `group` batches at a time, enough to give every worker an image (batch 1 with 2 workers
+        # decodes two batches per gap, then runs them back to back).
+        overlap = bool(getattr(self._predictor, "releases_gil", False))
+        group = prefetch if overlap else -(-workers // batch_size)
         width, height = self.input_size
-        buffers = [np.empty((batch_size, 3, height, width), np.float32) for _ in range(prefetch + 1)]
+        buffers = [np.empty((batch_size, 3, height, width), np.float32) for _ in range(group + 1)]
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shitu-decode")
         pending: deque[_Job] = deque()
 
-        def submit_next() -> None:
+        def submit_next() -> bool:
             chunk = list(itertools.islice(source, batch_size))
             if not chunk:
-                return
+                return False
             buffer = buffers.pop()
             futures = [pool.submit(self._prepare, item, buffer, row, channel_order)
                        for row, (_, item) in enumerate(chunk)]
             pending.append(_Job(buffer, [i for i, _ in chunk], [item for _, item in chunk], futures))
+            return True
+
+        def submit_group() -> None:
+            while len(pending) < group and submit_next():
+                pass
 
         try:
-            for _ in range(prefetch):
-                submit_next()
+            submit_group()
             while pending:
                 job = pending.popleft()
                 errors = [f.result() for f in job.futures]
-                submit_next()  # the workers decode the next batch while this one runs through the model
+                if overlap:
+                    submit_next()  # the workers decode the next batch while this one runs through the model
                 batch = self._run_job(job, errors, normalize, on_error)
                 buffers.append(job.buffer)
+                if not overlap and not pending:
+                    submit_group()  # decoded on every core while the caller consumes this batch
                 if warn and batch.zero_norm and normalize:
                     _warn_zero_norm(batch.zero_norm)
                 yield batch
@@ -717,3 +759,23 @@ def _warn_zero_norm(indices: list[int]) -> None:
                "instead of NaN")
     logger.warning(message)
     warnings.warn(message, ZeroNormWarning, stacklevel=3)
+
+
+def _paddle_predictor(model_file: Path, params_file: Path, cache_home: Path, *, device: str,
+                      num_threads: int | None, use_mkldnn: bool, precision: Precision) -> Predictor:
+    return Predictor(model_file, params_file, device=device, num_threads=num_threads, use_mkldnn=use_mkldnn,
+                     precision=precision)
+
+
+def _onnx_predictor(model_file: Path, params_file: Path, cache_home: Path, *, device: str,
+                    num_threads: int | None, use_mkldnn: bool, precision: Precision) -> Any:
+    from shitu_features.inference.onnx_backend import OnnxPredictor, cached_onnx_model, require_onnxruntime
+
+    require_onnxruntime()  # fail before converting when the runtime is missing
+    onnx_file = cached_onnx_model(model_file, params_file, cache_home)
+    return OnnxPredictor(onnx_file, model_file=model_file, params_file=params_file, device=device,
+                         num_threads=num_threads, precision=precision)
+
+
+#: backend name -> factory of a configured predictor (``run(float32 [N, 3, H, W]) -> float32 [N, D]``)
+_BACKENDS = {"paddle": _paddle_predictor, "onnxruntime": _onnx_predictor}
