@@ -408,22 +408,25 @@ class Trainer:
     def _prepare_output(self, resume: Union[bool, str]) -> Optional[Path]:
         """Decide where to resume from (``None`` = fresh) and refuse to clobber another run's checkpoints."""
         latest = self.checkpoint_dir / "latest"
+        # Rank 0's view decides for every rank, so all take the same branch (and meet at the same collectives)
+        # even when the other ranks cannot see the output directory.
+        exists = broadcast_object(checkpoint_exists(self.checkpoint_dir), self.ctx)
         if resume is False:
-            if checkpoint_exists(self.checkpoint_dir):
+            if exists:
                 if not self.config.output.overwrite:
                     raise OutputExistsError(
                         f"{self.output_dir} already holds checkpoints; continue that run with runtime.resume=auto "
                         "(or fit(resume=True)), pick another output.dir, or set output.overwrite=true to start over")
-                barrier(self.ctx)  # every rank has checked before rank 0 deletes
                 if self.ctx.is_main:
                     logger.warning("output.overwrite: deleting the checkpoints of the previous run in %s",
                                    self.checkpoint_dir)
                     shutil.rmtree(self.checkpoint_dir)
+                barrier(self.ctx)
             return None
         if resume == "auto":
-            return latest if checkpoint_exists(self.checkpoint_dir) else None
+            return latest if exists else None
         if resume is True:
-            if not checkpoint_exists(self.checkpoint_dir):
+            if not exists:
                 raise ModelNotFoundError(f"resume requested but {latest} does not exist")
             return latest
         return Path(str(resume)).expanduser()
