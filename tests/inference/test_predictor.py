@@ -67,6 +67,22 @@ def test_batch_of_one_equals_batch_of_two(legacy_files: tuple[Path, Path], model
     assert np.abs(both - one).max() <= 1e-5
 
 
+def test_large_batches_run_in_chunks_with_the_same_results(exported_dir: Path, model_input: np.ndarray) -> None:
+    files = exported_dir / "inference.json", exported_dir / "inference.pdiparams"
+    batch = np.concatenate([model_input] * 3 + [model_input[:1]])  # 7 images
+    whole = Predictor(*files, num_threads=1, max_batch_size=None).run(batch)
+    chunked = Predictor(*files, num_threads=1, max_batch_size=3)  # forward passes of 3, 3 and 1
+    assert chunked.max_batch_size == 3 and "max_batch_size=3" in repr(chunked)
+    got = chunked.run(batch)
+    assert got.shape == (7, 512) and np.abs(got - whole).max() <= 1e-5 * np.abs(whole).max()
+    # "auto": at least 4 images per CPU thread, and never fewer than 8.
+    assert Predictor(*files, num_threads=1).max_batch_size == 8
+    assert Predictor(*files, num_threads=4).max_batch_size == 16
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ConfigError, match="max_batch_size"):
+            Predictor(*files, max_batch_size=bad)  # type: ignore[arg-type]
+
+
 def test_options_are_recorded(legacy_files: tuple[Path, Path]) -> None:
     predictor = Predictor(*legacy_files, num_threads=1, use_mkldnn=False)
     assert predictor.device == "cpu" and predictor.num_threads == 1 and predictor.use_mkldnn is False
