@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +69,47 @@ def test_recmodel_checkpoint_with_another_head_loads_strictly(
     assert list(trainer.load_report.skipped) == ["head.fc.weight"]  # 11 classes there, 6 here
     assert not trainer.load_report.missing and not trainer.load_report.unexpected
     np.testing.assert_array_equal(trainer.model.neck.feat_bn.weight.numpy(), official.neck.feat_bn.weight.numpy())
+
+
+def test_official_name_resolves_to_its_training_checkpoint(
+        make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.pretrained: PP-ShiTuV2`` downloads the official .pdparams (here from a loopback mirror)."""
+    from shitu_features.inference.registry import OFFICIAL_MODELS
+
+    paddle.seed(5)
+    official = build_rec_model(class_num=11)
+    save_state_dict(official.state_dict(), tmp_path / "ckpt.pdparams")
+    body = (tmp_path / "ckpt.pdparams").read_bytes()
+    url = next(a.url for a in OFFICIAL_MODELS["PP-ShiTuV2"].artifacts if a.format == "pdparams")
+    served = urllib.parse.urlsplit(url).path
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            ok = self.path == served
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(body) if ok else 0))
+            self.end_headers()
+            if ok:
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("SHITU_FEATURES_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        trainer = Trainer(make_config(tmp_path / "run", **{"model.pretrained": "PP-ShiTuV2"}))
+        trainer.setup()
+    finally:
+        server.shutdown()
+    assert hits == [served]  # the training checkpoint, not an inference tarball
+    assert trainer.load_report is not None and list(trainer.load_report.skipped) == ["head.fc.weight"]
+    np.testing.assert_array_equal(trainer.model.backbone.last_conv.weight.numpy(),
+                                  official.backbone.last_conv.weight.numpy())
 
 
 def _weights(path: Path) -> dict:

@@ -176,13 +176,31 @@ def _versions() -> Dict[str, str]:
 
 
 def _resolve_weights(spec: str) -> Path:
-    """A local ``.pdparams`` path, or a URL / official name resolved (and cached) by the hub."""
+    """A local ``.pdparams`` path, a URL, or an official model name, as a ``.pdparams`` file on disk.
+
+    Official names resolve to their training checkpoint (the ``pdparams`` artifact of the registry), not to the
+    inference model that ``Extractor.from_pretrained`` would pick. Downloads are cached by the hub.
+    """
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    from shitu_features.inference.hub import resolve
+    from shitu_features.errors import UnknownModelError
+    from shitu_features.inference.hub import mirror_url, resolve
+    from shitu_features.inference.registry import resolve_official
 
-    resolved = resolve(spec)
+    target = spec
+    if not spec.lower().startswith(("http://", "https://", "hf://")):
+        try:
+            official = resolve_official(spec)
+        except UnknownModelError:
+            official = None
+        if official is not None:
+            urls = [a.url for a in official.artifacts if a.format == "pdparams"]
+            if not urls:
+                raise ConfigError(f"model.pretrained={spec!r}: the official model has no training checkpoint "
+                                  "(.pdparams) to start from")
+            target = mirror_url(urls[0])  # honour SHITU_FEATURES_ENDPOINT as the hub does for official files
+    resolved = resolve(target)
     if resolved.kind != "pdparams":
         raise ConfigError(f"model.pretrained={spec!r} resolves to an inference model ({resolved.path}); training "
                           "needs a .pdparams state dict (e.g. general_PPLCNetV2_base_pretrained_v1.0.pdparams)")
