@@ -96,3 +96,16 @@ def test_exported_graph_reproduces_reference_features(exported_dir: Path, refere
     expected = np.load(reference_dir / "model" / "features_160_rep.npy")
     got = Predictor(exported_dir / "inference.json", exported_dir / "inference.pdiparams", num_threads=1).run(x)
     assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()
+
+
+def test_atomic_directory_gets_plain_mkdir_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from shitu_features.inference.export import atomic_directory
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "f.txt").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,7 +109,9 @@ def atomic_directory(directory: PathLike, *, overwrite: bool = False) -> Iterato
     target = Path(directory).expanduser().absolute()
     _check_target(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # A plain mkdir (not mkdtemp's 0700) so the finished directory gets the usual umask permissions.
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         yield tmp
         _check_target(target, overwrite)
