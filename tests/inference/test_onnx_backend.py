@@ -14,6 +14,7 @@ import pytest
 
 from shitu_features.errors import ConfigError
 from shitu_features.inference.extractor import Extractor
+from shitu_features.inference.predictor import physical_cpu_count
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,7 @@ def test_properties_and_options(onnx_extractor: Extractor, onnx_deps: None, expo
     assert onnx_extractor.backend == "onnxruntime" and onnx_extractor.device == "cpu"
     assert "backend='onnxruntime'" in repr(onnx_extractor) and "onednn" not in repr(onnx_extractor)
     assert onnx_extractor.predictor.releases_gil
+    assert onnx_extractor.num_workers == max(1, min(8, physical_cpu_count()))
     with pytest.raises(ConfigError, match="fp32"):
         Extractor.from_pretrained(exported_dir, backend="onnxruntime", cache_dir=onnx_cache, precision="fp16")
     with pytest.raises(ConfigError, match="float32"):

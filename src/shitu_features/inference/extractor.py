@@ -404,14 +404,10 @@ class Extractor:
         if self._predictor.device_kind == "gpu":
             # The GPU is fast: decoding is the bottleneck, give it every core.
             return max(2, min(16, os.cpu_count() or 2))
-        cores = physical_cpu_count()
-        if getattr(self._predictor, "releases_gil", False):
-            # The workers decode while the model runs, on the cores its threads use: a few keep it fed (a forward
-            # pass costs ~15x a JPEG decode + resize).
-            return max(1, min(4, cores // 2))
-        # The workers decode only between two forward passes (see _pipeline), when the cores are otherwise idle:
-        # use them all to keep that gap short (docs/performance.md).
-        return max(1, min(8, cores))
+        # One per core. With Paddle the workers decode only between two forward passes (see _pipeline), when the
+        # cores are otherwise idle, so the gap is shortest with all of them; with onnxruntime they share the cores
+        # with its threads, and 2 workers on 2 cores still beat 1 (docs/performance.md).
+        return max(1, min(8, physical_cpu_count()))
 
     # ------------------------------------------------------------------------------------------------------
     # Saving
