@@ -484,6 +484,11 @@ def print_table(rows: list[dict[str, Any]], repeats: int) -> None:
               f"{res['peak_rss']:>12.0f} {statistics.median(res['others']):>10.2f}")
 
 
+def _ratio(rates: list[float], reference: list[float]) -> float:
+    """Median over rounds of ``rates[r] / reference[r]``."""
+    return statistics.median(a / b for a, b in zip(rates, reference))
+
+
 def _suffix(backend: str) -> str:
     return "" if backend == "paddle" else f" ({backend})"
 
@@ -570,14 +575,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{cell.rates[-1]:.1f} img/s (other load {cell.others[-1]:.2f})", file=sys.stderr, flush=True)
         group = [{"name": name, "kind": kind, "backend": backend, "result": cell.close()}
                  for (name, kind, backend, _), cell in zip(plan, cells)]
-        forward = {r["backend"]: _median(r["result"]) for r in group if r["kind"] == "forward"}
-        naive_fair = next((_median(r["result"]) for r in group if r["kind"] == "naive"), None)
+        # Ratios are the median of per-round ratios: the passes of one round are seconds apart, so a slow
+        # minute of the machine (its speed drifts by tens of percent even when no other process runs) cancels.
+        forward = {r["backend"]: r["result"]["rates"] for r in group if r["kind"] == "forward"}
+        naive_fair = next((r["result"]["rates"] for r in group if r["kind"] == "naive"), None)
         for row in group:
             row["batch"] = batch
             if row["kind"] != "forward":
-                row["x_forward"] = _median(row["result"]) / forward[row["backend"]]
+                row["x_forward"] = _ratio(row["result"]["rates"], forward[row["backend"]])
             if row["kind"] == "embed" and naive_fair:
-                row["x_naive"] = _median(row["result"]) / naive_fair
+                row["x_naive"] = _ratio(row["result"]["rates"], naive_fair)
         rows += group
     print_table(rows, args.repeats)
     summary = _summarise(rows, args)
@@ -626,6 +633,11 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
                                "embed_over_forward": emb / fwd}
     print(f"\nbest batch: forward only {fwd:.1f} img/s (batch {fwd_batch}), Extractor.embed {emb:.1f} img/s "
           f"(batch {emb_batch}): {emb / fwd:.2f}x the ceiling")
+    at_best = next(r for r in rows if r["kind"] == "embed" and r["backend"] == "paddle" and r["batch"] == emb_batch)
+    summary["embed_at_best_batch_per_round"] = {"x_forward": at_best["x_forward"], "x_naive": at_best.get("x_naive")}
+    print(f"  at batch {emb_batch}, per-round ratios (passes seconds apart): {at_best['x_forward']:.2f}x forward only"
+          + (f", {at_best['x_naive']:.2f}x the naive loop with {args.naive_threads[0]} threads"
+             if at_best.get("x_naive") else ""))
     for threads in args.naive_threads if "naive" not in args.skip else []:
         naive, naive_batch = best("naive", name=f"naive deploy loop, {threads} threads")
         summary[f"embed_over_naive_{threads}_threads"] = emb / naive
