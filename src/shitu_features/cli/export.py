@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from typing import Any
 
@@ -43,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``export``."""
     from shitu_features.errors import ModelNotFoundError
     from shitu_features.inference.export import export_inference_model
+    from shitu_features.inference.hub import sha256_file
     from shitu_features.models import build_rec_model, load_checkpoint
     from shitu_features.serialization import load_state_dict
 
@@ -57,16 +57,9 @@ def run(args: argparse.Namespace) -> int:
     report = load_checkpoint(model, state)
     del state
     name = args.name or os.path.splitext(os.path.basename(args.checkpoint))[0]
-    source = {"checkpoint": os.path.abspath(args.checkpoint), "sha256": _sha256(args.checkpoint)}
+    source = {"checkpoint": os.path.abspath(args.checkpoint), "sha256": sha256_file(args.checkpoint)}
     out = export_inference_model(model, args.output, model_name=name, source=source, overwrite=args.overwrite,
                                  dynamic_input_size=not args.fixed_input_size)
     say(args, f"exported {name} ({embedding_size}-d, {len(report.loaded)} tensors loaded) -> {out}")
     return 0
 
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -23,7 +23,6 @@ How ``embed`` works (and why it is fast without changing results):
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -158,14 +157,6 @@ def l2_normalize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     zero = norms == 0.0
     safe = np.where(zero, 1.0, norms)
     return (features / safe[:, None]).astype(np.float32, copy=False), zero
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Extractor:
@@ -307,7 +298,9 @@ class Extractor:
         import paddle
         from filelock import FileLock
 
-        sha256 = _sha256_file(checkpoint)
+        from shitu_features.inference.hub import sha256_file
+
+        sha256 = sha256_file(checkpoint)
         # The export depends on the weights, and on the code that traced it: key on all three.
         key = f"{sha256[:32]}-sf{__version__}-paddle{paddle.__version__}"
         target = home / "exports" / key

@@ -64,6 +64,7 @@ __all__ = [
     "safe_extract_tar",
     "find_inference_files",
     "resolve",
+    "sha256_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,11 +150,12 @@ def _locked(lock_path: Path) -> Iterator[None]:
 # Download
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (constant memory)."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK_BYTES), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -163,7 +165,7 @@ def _mismatch(path: Path, sha256: str | None, size: int | None) -> str | None:
     if size is not None and actual_size != size:
         return f"size mismatch, expected {size} bytes, got {actual_size}"
     if sha256 is not None:
-        actual = _sha256_of(path)
+        actual = sha256_file(path)
         if actual != sha256.lower():
             return f"sha256 mismatch, expected {sha256.lower()}, got {actual}"
     return None

@@ -20,7 +20,6 @@ the new one or the previous one. Leftover temporary directories are removed by t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Union
 import numpy as np
 
 from shitu_features.errors import CheckpointFormatError, ModelNotFoundError
+from shitu_features.inference.hub import sha256_file
 from shitu_features.serialization import load_state_dict, save_state_dict
 
 __all__ = [
@@ -75,14 +75,6 @@ class TrainingCheckpoint:
     model: Dict[str, np.ndarray]
     optimizer: Dict[str, np.ndarray]
     state: Dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,7 +121,7 @@ def save_checkpoint(directory: PathLike, name: str, *, model: Mapping[str, Any],
     try:
         save_state_dict(model, tmp / MODEL_FILE)
         save_state_dict(optimizer, tmp / OPTIMIZER_FILE)
-        files = {f: {"sha256": _sha256(tmp / f), "size": (tmp / f).stat().st_size}
+        files = {f: {"sha256": sha256_file(tmp / f), "size": (tmp / f).stat().st_size}
                  for f in (MODEL_FILE, OPTIMIZER_FILE)}
         full_state = {**dict(state), "format_version": FORMAT_VERSION, "files": files}
         state_path = tmp / STATE_FILE
@@ -182,7 +174,7 @@ def _read(path: Path, with_optimizer: bool) -> TrainingCheckpoint:
         fpath, meta = path / fname, files.get(fname)
         if not fpath.is_file() or meta is None:
             raise CheckpointFormatError(f"{fpath} is missing")
-        if fpath.stat().st_size != meta["size"] or _sha256(fpath) != meta["sha256"]:
+        if fpath.stat().st_size != meta["size"] or sha256_file(fpath) != meta["sha256"]:
             raise CheckpointFormatError(f"{fpath} does not match the size/sha256 recorded in {STATE_FILE} "
                                         "(truncated or modified)")
     model = load_state_dict(path / MODEL_FILE)
