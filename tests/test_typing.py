@@ -89,13 +89,13 @@ def test_client_code_type_checks_and_wrong_calls_are_caught(tmp_path: Path) -> N
     assert [int(line.split(":")[1]) for line in errors] == [4, 5, 6], proc.stdout
 
 
-@pytest.mark.xfail(reason="Extractor.embed returns Union[ndarray, EmbedResult] without @overload on on_error, so "
-                          "`extractor.embed(x) @ y` does not type-check in client code", strict=False)
 def test_embed_result_type_follows_on_error(tmp_path: Path) -> None:
     pytest.importorskip("mypy", reason="pip install -e '.[test]' installs mypy")
     client = tmp_path / "client.py"
     client.write_text("from shitu_features import Extractor\n"
                       "vecs = Extractor.from_pretrained().embed(['a.jpg', 'b.jpg'])\n"
-                      "sims = vecs @ vecs.T\n", encoding="utf-8")
+                      "sims = vecs @ vecs.T\n"
+                      "res = Extractor.from_pretrained().embed(['a.jpg'], on_error='skip')\n"
+                      "print(res.failed, res.embeddings.shape)\n", encoding="utf-8")
     proc = run_mypy(client)
     assert proc.returncode == 0, proc.stdout

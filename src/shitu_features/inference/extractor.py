@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Literal, Optional, Union
+from typing import Any, List, Literal, Optional, Union, overload
 
 import numpy as np
 
@@ -455,6 +455,21 @@ class Extractor:
 
     # ------------------------------------------------------------------------------------------------------
     # Embedding
+
+    @overload
+    def embed(self, images: Any, batch_size: int = ..., *, show_progress: bool | None = ..., normalize: bool = ...,
+              on_error: Literal["raise"] = ..., channel_order: ChannelOrder = ...,
+              num_workers: int | None = ...) -> np.ndarray: ...
+
+    @overload
+    def embed(self, images: Any, batch_size: int = ..., *, show_progress: bool | None = ..., normalize: bool = ...,
+              on_error: Literal["skip"], channel_order: ChannelOrder = ...,
+              num_workers: int | None = ...) -> EmbedResult: ...
+
+    @overload
+    def embed(self, images: Any, batch_size: int = ..., *, show_progress: bool | None = ..., normalize: bool = ...,
+              on_error: OnError, channel_order: ChannelOrder = ...,
+              num_workers: int | None = ...) -> Union[np.ndarray, EmbedResult]: ...
 
     def embed(
         self,
