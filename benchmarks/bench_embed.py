@@ -5,6 +5,7 @@ Run from the repository root (offline; about 10 minutes on 2 cores):
     python benchmarks/bench_embed.py                      # 512 grocery-store JPEGs, batch sizes 1, 8, 32
     python benchmarks/bench_embed.py --smoke              # seconds: a tiny version (what the unit test runs)
     python benchmarks/bench_embed.py --onnx               # also the onnxruntime backend (needs the [onnx] extra)
+    python benchmarks/bench_embed.py --bf16               # also precision="bf16" (CPUs with AMX / AVX512-BF16)
 
 Pipelines (each pipeline at each batch size is a "cell": a fresh subprocess, so its peak RSS is its own;
 ``--in-process`` runs everything in this process instead):
@@ -18,8 +19,9 @@ Pipelines (each pipeline at each batch size is a "cell": a fresh subprocess, so 
   ``np.array(batch)`` -> ``copy_from_cpu`` -> ``run`` -> ``copy_to_cpu`` -> numpy L2; one Python thread. The
   predictor is configured as ``deploy/utils/predictor.py`` does (oneDNN with cache capacity 10, ``ir_optim``,
   ``enable_memory_optim``, no feed/fetch ops), plus ``enable_new_executor()``, which Paddle 3 needs for a PIR model
-  with memory optimisation. Its thread count is ``--naive-threads``: by default the same as ``--threads`` (a fair
-  comparison) and also the yaml's literal ``cpu_num_threads: 10``.
+  with memory optimisation. Its thread count is ``--naive-threads``: by default 1 (the whole loop on one
+  thread, as issue 6 words it), the same as ``--threads`` (the fair comparison, used for the "x naive" column)
+  and the yaml's literal ``cpu_num_threads: 10``.
 * **embed** -- ``Extractor.embed(paths, batch_size=B)``.
 
 Each timed pass goes over every image of the set; the files are read once beforehand (page cache warm) and each
@@ -71,6 +73,8 @@ DEPLOY_SCALE = 0.00392157
 DEPLOY_MEAN = (0.485, 0.456, 0.406)
 DEPLOY_STD = (0.229, 0.224, 0.225)
 DEPLOY_THREADS = 10
+#: the bench's name of a configuration -> (Extractor backend, precision)
+BACKENDS = {"paddle": ("paddle", "fp32"), "onnxruntime": ("onnxruntime", "fp32"), "bf16": ("paddle", "bf16")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,8 +136,9 @@ def _load_extractor(spec: dict[str, Any], threads: int | None = None,
     key = (spec["model"], threads or spec["threads"], spec.get("workers"), spec.get("backend", "paddle"))
     if reuse is not None and key in reuse:  # --in-process: one predictor per configuration, not one per cell
         return reuse[key]
-    extractor = Extractor.from_pretrained(spec["model"], num_threads=key[1], num_workers=key[2], backend=key[3],
-                                          cache_dir=spec["cache"])
+    backend, precision = BACKENDS[key[3]]
+    extractor = Extractor.from_pretrained(spec["model"], num_threads=key[1], num_workers=key[2], backend=backend,
+                                          precision=precision, cache_dir=spec["cache"])
     if reuse is not None:
         reuse[key] = extractor
     return extractor
@@ -490,7 +495,7 @@ def _ratio(rates: list[float], reference: list[float]) -> float:
 
 
 def _suffix(backend: str) -> str:
-    return "" if backend == "paddle" else f" ({backend})"
+    return "" if backend == "paddle" else f" ({backend})"  # "(onnxruntime)", "(bf16)"
 
 
 def _median(result: dict[str, Any]) -> float:
@@ -515,12 +520,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per cell (the median is shown)")
     parser.add_argument("--threads", type=int, default=physical_cpu_count(), help="predictor threads")
     parser.add_argument("--naive-threads", type=int, nargs="+", default=None,
-                        help=f"threads of the naive loop's predictor (default: --threads and {DEPLOY_THREADS})")
+                        help=f"threads of the naive loop's predictor (default: 1, --threads and {DEPLOY_THREADS})")
     parser.add_argument("--workers", type=int, default=None, help="Extractor decode threads (default: its own)")
     parser.add_argument("--stream", type=int, nargs="+", default=[1000, 2000, 5000, 10000],
                         help="RSS checkpoints of the streaming check (images)")
     parser.add_argument("--stream-batch", type=int, default=32)
     parser.add_argument("--onnx", action="store_true", help="also measure backend='onnxruntime'")
+    parser.add_argument("--bf16", action="store_true", help="also measure precision='bf16' (Paddle, oneDNN)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["cold", "stream", "parity", "naive"],
                         help="leave parts out")
     parser.add_argument("--in-process", action="store_true", help="run every cell in this process")
@@ -535,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.stream, args.stream_batch, args.in_process = [16, 48], 8, True
         args.naive_threads = args.naive_threads or [args.threads]
     if args.naive_threads is None:
-        args.naive_threads = sorted({args.threads, DEPLOY_THREADS})
+        args.naive_threads = sorted({1, args.threads, DEPLOY_THREADS})
     return args
 
 
@@ -557,13 +563,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     base = {"model": str(model_dir), "images": paths, "threads": args.threads, "workers": args.workers,
             "repeats": args.repeats, "cache": str(args.cache_dir)}
-    backends = ["paddle"] + (["onnxruntime"] if args.onnx else [])
+    backends = ["paddle"] + (["onnxruntime"] if args.onnx else []) + (["bf16"] if args.bf16 else [])
     reuse: dict[tuple, Any] = {}  # loaded extractors, shared by the cells of an --in-process run
     rows: list[dict[str, Any]] = []
     for batch in args.batch_sizes:
         plan = [(f"forward only{_suffix(b)}", "forward", b, {}) for b in backends]
         if "naive" not in args.skip:
-            plan += [(f"naive deploy loop, {t} threads", "naive", "paddle", {"naive_threads": t})
+            plan += [(_naive_name(t), "naive", "paddle", {"naive_threads": t})
                      for t in args.naive_threads]
         plan += [(f"Extractor.embed{_suffix(b)}", "embed", b, {}) for b in backends]
         cells = [TimedCell(dict(base, batch=batch, kind=kind, backend=backend, **extra), args.in_process, reuse)
@@ -578,7 +584,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Ratios are the median of per-round ratios: the passes of one round are seconds apart, so a slow
         # minute of the machine (its speed drifts by tens of percent even when no other process runs) cancels.
         forward = {r["backend"]: r["result"]["rates"] for r in group if r["kind"] == "forward"}
-        naive_fair = next((r["result"]["rates"] for r in group if r["kind"] == "naive"), None)
+        naive_fair = next((r["result"]["rates"] for r in group if r["kind"] == "naive"
+                           and r["name"] == _naive_name(_fair_threads(args))), None)
         for row in group:
             row["batch"] = batch
             if row["kind"] != "forward":
@@ -592,7 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine, "images": image_note, "model": model_note, "rows": rows,
                               "summary": summary}
     if "cold" not in args.skip:
-        for backend in backends:
+        for backend in [b for b in backends if b != "bf16"]:  # bf16 loads like fp32
             cold = cold_start(cold_source, str(args.cache_dir), paths[0], 1 if args.smoke else 3, backend)
             report[f"cold_start_{backend}"] = cold
             print(f"cold start ({backend}, fresh process, model cached, median of {1 if args.smoke else 3}): "
@@ -636,12 +643,12 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
     at_best = next(r for r in rows if r["kind"] == "embed" and r["backend"] == "paddle" and r["batch"] == emb_batch)
     summary["embed_at_best_batch_per_round"] = {"x_forward": at_best["x_forward"], "x_naive": at_best.get("x_naive")}
     print(f"  at batch {emb_batch}, per-round ratios (passes seconds apart): {at_best['x_forward']:.2f}x forward only"
-          + (f", {at_best['x_naive']:.2f}x the naive loop with {args.naive_threads[0]} threads"
+          + (f", {at_best['x_naive']:.2f}x the naive loop with {_fair_threads(args)} threads"
              if at_best.get("x_naive") else ""))
     for threads in args.naive_threads if "naive" not in args.skip else []:
-        naive, naive_batch = best("naive", name=f"naive deploy loop, {threads} threads")
+        naive, naive_batch = best("naive", name=_naive_name(threads))
         summary[f"embed_over_naive_{threads}_threads"] = emb / naive
-        print(f"  vs naive deploy loop with {threads} threads at its best batch ({naive:.1f} img/s, batch "
+        print(f"  vs {_naive_name(threads)} at its best batch ({naive:.1f} img/s, batch "
               f"{naive_batch}): {emb / naive:.2f}x")
     shipped = [_median(r["result"]) for r in rows
                if r["kind"] == "naive" and r["batch"] == 1 and r["name"].endswith(f" {DEPLOY_THREADS} threads")]
@@ -649,16 +656,27 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         summary["embed_over_naive_as_shipped"] = emb / shipped[0]
         print(f"  vs the deploy loop as shipped (inference_rec.yaml: batch_size 1, cpu_num_threads "
               f"{DEPLOY_THREADS}; {shipped[0]:.1f} img/s): {emb / shipped[0]:.2f}x")
-    if args.onnx:
-        ort, ort_batch = best("embed", "onnxruntime")
-        ort_fwd, _ = best("forward", "onnxruntime")
-        summary["onnxruntime_embed_best"] = [ort, ort_batch]
-        naive_fair = best("naive", name=f"naive deploy loop, {args.naive_threads[0]} threads")[0] \
-            if "naive" not in args.skip else float("nan")
-        print(f"  Extractor.embed with backend='onnxruntime': {ort:.1f} img/s (batch {ort_batch}): "
-              f"{ort / ort_fwd:.2f}x its own forward-only ceiling, {ort / fwd:.2f}x Paddle's, {ort / naive_fair:.2f}x "
-              f"the naive loop with {args.naive_threads[0]} threads")
+    naive_fair = best("naive", name=_naive_name(_fair_threads(args)))[0] \
+        if "naive" not in args.skip else float("nan")
+    for backend, label in (("onnxruntime", "backend='onnxruntime'"), ("bf16", "precision='bf16'")):
+        if backend not in {r.get("backend") for r in rows}:
+            continue
+        other, other_batch = best("embed", backend)
+        other_fwd, _ = best("forward", backend)
+        summary[f"{backend}_embed_best"] = [other, other_batch]
+        print(f"  Extractor.embed with {label}: {other:.1f} img/s (batch {other_batch}): "
+              f"{other / other_fwd:.2f}x its own forward-only ceiling, {other / fwd:.2f}x Paddle fp32's, "
+              f"{other / naive_fair:.2f}x the naive loop with {_fair_threads(args)} threads")
     return summary
+
+
+def _naive_name(threads: int) -> str:
+    return f"naive deploy loop, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _fair_threads(args: argparse.Namespace) -> int:
+    """The naive loop the "x naive" column compares with: the same thread count as the Extractor, if measured."""
+    return args.threads if args.threads in args.naive_threads else args.naive_threads[0]
 
 
 if __name__ == "__main__":

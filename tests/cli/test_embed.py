@@ -56,6 +56,8 @@ def test_kill_then_resume_is_byte_identical(whole_run: WholeRun, model_dir: Path
     # Resuming with options that change the numbers is refused, naming the option.
     mismatch = run_cli(*args, "--resume", "--no-normalize", cwd=workdir, home=cli_home)
     assert mismatch.returncode == 1 and "normalize" in mismatch.stderr
+    other_precision = run_cli(*args, "--resume", "--precision", "bf16", cwd=workdir, home=cli_home)
+    assert other_precision.returncode == 1 and "--precision" in other_precision.stderr
 
     # Committed chunks are not recomputed: break an image of chunk 0. Recomputing it would fail (on-error raise).
     (workdir / "faces" / "s1" / "1.pgm").write_bytes(b"not an image any more")
@@ -66,6 +68,20 @@ def test_kill_then_resume_is_byte_identical(whole_run: WholeRun, model_dir: Path
     assert (workdir / "out" / "feats.npy").read_bytes() == whole_run.npy.read_bytes()
     assert (workdir / "out" / "feats.paths.txt").read_bytes() == whole_run.paths.read_bytes()
     assert not parts.exists()
+
+
+def test_bf16_precision_option(whole_run: WholeRun, model_dir: Path, cli_home: Path) -> None:
+    from shitu_features.inference.predictor import cpu_bf16_support
+
+    if not cpu_bf16_support()[1]:
+        pytest.skip("this CPU has no AVX512-BF16 / AMX (the CI machine has both)")
+    result = run_cli("embed", "faces", "-o", "out/bf16.npy", "--precision", "bf16", "--model", str(model_dir),
+                     *RUN_OPTS, cwd=whole_run.workdir, home=cli_home)
+    assert result.returncode == 0, result.stderr
+    bf16 = np.load(whole_run.workdir / "out" / "bf16.npy")
+    assert bf16.shape == whole_run.vectors.shape
+    cosine = np.sum(bf16 * whole_run.vectors, axis=1)
+    assert cosine.min() >= 0.999 and np.abs(bf16 - whole_run.vectors).max() > 1e-4  # close, and really bf16
 
 
 def test_shards_concatenate_to_the_whole_run(whole_run: WholeRun, model_dir: Path, cli_home: Path) -> None:

@@ -110,6 +110,20 @@ def test_thread_count_does_not_change_results(exported_dir: Path, extractor: Ext
     assert np.abs(plain.embed(preprocess_images) - want).max() <= 1e-5
 
 
+def test_bf16_precision_on_cpu(exported_dir: Path, extractor: Extractor, preprocess_images: list[Path]) -> None:
+    from shitu_features.inference.predictor import cpu_bf16_support
+
+    if not cpu_bf16_support()[1]:
+        pytest.skip("this CPU has no AVX512-BF16 / AMX (the CI machine has both)")
+    fast = Extractor.from_pretrained(exported_dir, precision="bf16")
+    assert fast.predictor.precision == "bf16"
+    got, want = fast.embed(preprocess_images), extractor.embed(preprocess_images)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert np.sum(got * want, axis=1).min() >= 0.999
+    # bf16 results do not depend on the batch size either (each image is computed independently).
+    assert np.abs(fast.embed(preprocess_images, batch_size=1) - got).max() <= 1e-5
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Inputs
 

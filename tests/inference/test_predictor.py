@@ -145,3 +145,59 @@ def test_parse_device() -> None:
 def test_physical_cpu_count_is_sane() -> None:
     n = physical_cpu_count()
     assert 1 <= n <= (os.cpu_count() or 1)
+
+
+# --- bf16 on CPU ----------------------------------------------------------------------------------------------
+
+def _needs_native_bf16() -> None:
+    from shitu_features.inference.predictor import cpu_bf16_support
+
+    if not cpu_bf16_support()[1]:
+        pytest.skip("this CPU has no AVX512-BF16 / AMX (the CI machine has both)")
+
+
+def test_bf16_on_cpu_is_close_to_fp32_and_really_bf16(exported_dir: Path, model_input: np.ndarray,
+                                                      reference_dir: Path) -> None:
+    _needs_native_bf16()
+    expected = l2(np.load(reference_dir / "model" / "features_rep.npy"))
+    predictor = Predictor(exported_dir / "inference.json", exported_dir / "inference.pdiparams", precision="bf16")
+    assert predictor.precision == "bf16" and "precision='bf16'" in repr(predictor)
+    got = l2(predictor.run(model_input))
+    assert got.shape == expected.shape and got.dtype == np.float32 and np.isfinite(got).all()
+    cosine = np.sum(got * expected, axis=1)
+    assert cosine.min() >= 0.999, cosine
+    # Not silently fp32: bfloat16 has an 8-bit mantissa, so the vectors must move well beyond fp32 noise.
+    assert np.abs(got - expected).max() > 1e-4
+    # Odd input sizes run as well (the model has dynamic height and width).
+    odd = np.load(reference_dir / "model" / "input_odd.npy")
+    odd_expected = l2(np.load(reference_dir / "model" / "features_odd_rep.npy"))
+    assert np.sum(l2(predictor.run(odd)) * odd_expected, axis=1).min() >= 0.999
+
+
+def test_bf16_option_errors(legacy_files: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="use_mkldnn=False"):
+        Predictor(*legacy_files, precision="bf16", use_mkldnn=False)
+    with pytest.raises(ConfigError, match="CPU"):
+        Predictor(*legacy_files, precision="bf16", device="gpu")
+
+
+def test_bf16_on_a_cpu_without_bfloat16_is_a_device_error(legacy_files: tuple[Path, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from paddle.base import core
+
+    # Paddle's own CPU probe answers "no", as it does on CPUs older than AVX-512.
+    monkeypatch.setattr(core, "supports_bfloat16", lambda: False)
+    monkeypatch.setattr(core, "supports_bfloat16_fast_performance", lambda: False)
+    with pytest.raises(DeviceError, match="bfloat16"):
+        Predictor(*legacy_files, precision="bf16")
+
+
+def test_bf16_emulated_warns_but_runs(legacy_files: tuple[Path, Path], model_input: np.ndarray,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from paddle.base import core
+
+    monkeypatch.setattr(core, "supports_bfloat16", lambda: True)
+    monkeypatch.setattr(core, "supports_bfloat16_fast_performance", lambda: False)
+    with pytest.warns(RuntimeWarning, match="emulates bfloat16"):
+        predictor = Predictor(*legacy_files, precision="bf16", num_threads=1)
+    assert predictor.run(model_input[:1]).shape == (1, 512)

@@ -52,7 +52,8 @@ PARTS_FORMAT = 1
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Manifest key -> what the user changed, for the message of a refused --resume.
 _OPTION_OF = {"images": "inputs", "paths_sha256": "inputs", "shard": "--shard", "chunk_size": "--chunk-size",
-              "model": "--model", "normalize": "--no-normalize", "format": "partial-folder format"}
+              "model": "--model", "normalize": "--no-normalize", "precision": "--precision",
+              "format": "partial-folder format"}
 
 _DESCRIPTION = """\
 Embed images into a float32 array, one row per image, and record which row is which image.
@@ -147,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         "model": model_identity(args.model),
         "normalize": args.normalize,
     }
+    if args.precision != "fp32":  # absent means fp32, so partial folders of earlier versions still resume
+        run_id["precision"] = args.precision
     store = ChunkStore(Path(final + ".partial"))
     with store.session():
         done = store.open(run_id, resume=args.resume, restart=args.restart)
@@ -256,7 +259,7 @@ class ChunkStore:
             changed = sorted({_OPTION_OF.get(k, k) for k in set(old) | set(run_id) if old.get(k) != run_id.get(k)})
             raise ConfigError(
                 f"cannot resume: the run in {self.directory} was started with other {', '.join(changed)} "
-                "(the inputs, --shard, --chunk-size, --model and --no-normalize must be the same); "
+                "(the inputs, --shard, --chunk-size, --model, --precision and --no-normalize must be the same); "
                 "pass --restart to discard it"
             )
         if not (resume and done):

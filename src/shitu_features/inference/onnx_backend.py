@@ -182,7 +182,7 @@ class OnnxPredictor:
         self.device_kind, self.device_index = parse_device(device)
         if precision != "fp32":
             raise ConfigError(f"backend='onnxruntime' runs fp32 only, got precision={precision!r}; "
-                              "use the Paddle backend for fp16 on GPU")
+                              "use the Paddle backend for fp16 on GPU or bf16 on CPU")
         if num_threads is not None and int(num_threads) < 1:
             raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
         if not self.onnx_file.is_file():
