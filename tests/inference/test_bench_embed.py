@@ -18,10 +18,14 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_embed.py"
 
 @pytest.mark.slow
 def test_bench_embed_smoke(exported_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    from shitu_features.inference.predictor import cpu_bf16_support
+
+    bf16 = cpu_bf16_support()[1]  # the CI machine has AMX; elsewhere the bf16 rows are left out
     report_file = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", str(BENCH), "--smoke", "--model", str(exported_dir), "--images",
-         str(data_dir / "grocery_store"), "--cache-dir", str(tmp_path / "cache"), "--json", str(report_file)],
+         str(data_dir / "grocery_store"), "--cache-dir", str(tmp_path / "cache"), "--json", str(report_file),
+         *(["--bf16"] if bf16 else [])],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -32,8 +36,12 @@ def test_bench_embed_smoke(exported_dir: Path, data_dir: Path, tmp_path: Path) -
 
     report = json.loads(report_file.read_text())
     rows = report["rows"]
-    assert sorted((r["kind"], r["batch"]) for r in rows) == sorted(
-        (kind, batch) for kind in ("forward", "naive", "embed") for batch in (1, 4))
+    kinds = [("forward", "paddle"), ("naive", "paddle"), ("embed", "paddle")]
+    kinds += [("forward", "bf16"), ("embed", "bf16")] if bf16 else []
+    assert sorted((r["kind"], r["backend"], r["batch"]) for r in rows) == sorted(
+        (kind, backend, batch) for kind, backend in kinds for batch in (1, 4))
+    if bf16:
+        assert "Extractor.embed (bf16)" in out and report["summary"]["bf16_embed_best"][0] > 0
     for row in rows:
         assert all(rate > 0 for rate in row["result"]["rates"]) and row["result"]["peak_rss"] > 0
         if row["kind"] == "embed":

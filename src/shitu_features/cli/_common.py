@@ -85,7 +85,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, batch: bool = True) ->
                        help="CPU math threads (default: the physical cores)")
     group.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                        help="fp32 (default: the reference's numbers), fp16 (GPU) or bf16 (CPU with AMX / "
-                            "AVX512-BF16: 2-3x faster, cosine ~0.9999 to fp32)")
+                            "AVX512-BF16: about 1.7x faster, approximate vectors)")
     group.add_argument("--no-onednn", dest="use_mkldnn", action="store_false",
                        help="turn oneDNN off on CPU (escape hatch for Paddle builds whose oneDNN misbehaves)")
     group.add_argument("--offline", action="store_true",

@@ -233,8 +233,8 @@ class Extractor:
             num_threads: CPU inference threads; default the physical cores.
             use_mkldnn: oneDNN on CPU (default); ``False`` is the escape hatch for oneDNN bugs.
             precision: ``"fp32"`` (default, the reference's numbers); ``"fp16"`` on GPU; ``"bf16"`` on CPU
-                (oneDNN bfloat16: 2-3x faster forward on CPUs with AMX / AVX512-BF16, cosine similarity to fp32
-                about 0.9999; see :class:`~shitu_features.inference.predictor.Predictor`).
+                (oneDNN bfloat16, opt-in: about 1.7x faster end to end on CPUs with AMX / AVX512-BF16, with
+                approximate vectors; see :class:`~shitu_features.inference.predictor.Predictor`).
             progress: download progress bars (``None``: only on a terminal).
             num_workers: decode / preprocess threads of :meth:`embed`.
             backend: ``"paddle"`` (default: Paddle Inference) or ``"onnxruntime"`` (needs the ``[onnx]`` extra;

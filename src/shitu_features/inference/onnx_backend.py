@@ -103,13 +103,10 @@ def convert_to_onnx(model_file: PathLike, params_file: PathLike, onnx_file: Path
 
 
 def _sha256_files(*paths: PathLike) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")  # file boundary: (ab, c) and (a, bc) must not collide
-    return digest.hexdigest()
+    # A hash of the per-file hashes: (ab, c) and (a, bc) cannot collide.
+    from shitu_features.inference.hub import sha256_file
+
+    return hashlib.sha256(" ".join(sha256_file(path) for path in paths).encode()).hexdigest()
 
 
 def cached_onnx_model(model_file: PathLike, params_file: PathLike, cache_home: PathLike, *, opset: int = OPSET

@@ -25,9 +25,10 @@ import logging
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, Iterator, List, Mapping, Union
 
 import numpy as np
 
@@ -114,11 +115,7 @@ def save_checkpoint(directory: PathLike, name: str, *, model: Mapping[str, Any],
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(directory, name)
-    token = uuid.uuid4().hex[:12]
-    tmp = directory / f".{name}.tmp-{token}"
-    tmp.mkdir()
-    try:
+    with _staged(directory, name) as tmp:
         save_state_dict(model, tmp / MODEL_FILE)
         save_state_dict(optimizer, tmp / OPTIMIZER_FILE)
         files = {f: {"sha256": sha256_file(tmp / f), "size": (tmp / f).stat().st_size}
@@ -129,12 +126,25 @@ def save_checkpoint(directory: PathLike, name: str, *, model: Mapping[str, Any],
             json.dump(full_state, fh, indent=1, sort_keys=False)
             fh.flush()
             os.fsync(fh.fileno())
+    return directory / name
+
+
+@contextmanager
+def _staged(directory: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden temporary folder; on a clean exit it is fsynced and published as ``directory / name``.
+
+    Whatever happens, the temporary folder is gone afterwards; a crash inside leaves the old checkpoint in place.
+    """
+    remove_stale_temporaries(directory, name)
+    tmp = directory / f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
         _fsync_dir(tmp)
         _publish(tmp, directory / name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return directory / name
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -223,18 +233,10 @@ def copy_checkpoint(directory: PathLike, source: str, target: str) -> Path:
     """
     directory = Path(directory)
     src = directory / source
-    remove_stale_temporaries(directory, target)
-    tmp = directory / f".{target}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
+    with _staged(directory, target) as tmp:
         for item in src.iterdir():
             try:
                 os.link(item, tmp / item.name)
             except OSError:
                 shutil.copy2(item, tmp / item.name)
-        _fsync_dir(tmp)
-        _publish(tmp, directory / target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory / target
