@@ -193,6 +193,10 @@ def test_info_reports_versions_devices_cache_and_model_card(model_dir: Path, cli
     assert info["environment"]["shitu-features"] == __version__
     assert info["environment"]["paddlepaddle"] == paddle.__version__
     assert info["devices"]["cpu"] is True and info["devices"]["gpu_compiled"] == paddle.device.is_compiled_with_cuda()
+    from paddle.base import core
+
+    assert info["devices"]["cpu_bf16"] == core.supports_bfloat16()
+    assert info["devices"]["cpu_bf16_native"] == core.supports_bfloat16_fast_performance()
     assert info["cache"]["location"] == str(cli_home) and info["cache"]["set_by"] == "SHITU_FEATURES_HOME"
     card = info["models"][0]
     assert card["name"] == "PP-ShiTuV2" and "PP-ShiTuV2_rec" in card["aliases"] and card["embedding_size"] == 512
@@ -200,6 +204,7 @@ def test_info_reports_versions_devices_cache_and_model_card(model_dir: Path, cli
 
     local = run_cli("info", str(model_dir), home=cli_home)
     assert local.returncode == 0, local.stderr
+    assert "precision='bf16' " in local.stdout  # says whether the CPU runs bf16 natively
     assert "embedding size: 512, input 224x224" in local.stdout and "inference.json" in local.stdout
 
     unknown = run_cli("info", "PP-ShiTuV3", home=cli_home)

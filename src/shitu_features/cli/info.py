@@ -61,11 +61,12 @@ def _devices() -> dict[str, Any]:
         gpus = int(paddle.device.cuda.device_count()) if cuda else 0
     except Exception as exc:
         return {"cpu": True, "gpu": f"unknown ({type(exc).__name__}: {exc})"}
-    from shitu_features.inference.predictor import physical_cpu_count
+    from shitu_features.inference.predictor import cpu_bf16_support, physical_cpu_count
 
     gpu = f"{gpus} visible" if cuda else "no (this PaddlePaddle is built without CUDA)"
-    return {"cpu": True, "cpu_physical_cores": physical_cpu_count(), "gpu_compiled": cuda, "gpu_count": gpus,
-            "gpu": gpu}
+    bf16, bf16_native = cpu_bf16_support()
+    return {"cpu": True, "cpu_physical_cores": physical_cpu_count(), "cpu_bf16": bf16,
+            "cpu_bf16_native": bf16_native, "gpu_compiled": cuda, "gpu_count": gpus, "gpu": gpu}
 
 
 def _size(path: Path) -> int:
@@ -125,13 +126,20 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _bf16_words(dev: dict[str, Any]) -> str:
+    if dev.get("cpu_bf16_native"):
+        return "native (AMX / AVX512-BF16)"
+    return "emulated, slower than fp32" if dev.get("cpu_bf16") else "not supported"
+
+
 def _render(report: dict[str, Any]) -> str:
     env, dev, cache = report["environment"], report["devices"], report["cache"]
     lines = [f"shitu-features {env['shitu-features']}",
              f"  python {env['python']} on {env['platform']} ({sys.executable})",
              f"  paddlepaddle {env['paddlepaddle']}, numpy {env['numpy']}, opencv {env['opencv']}",
              "devices",
-             f"  cpu: yes ({dev.get('cpu_physical_cores', '?')} physical cores)",
+             f"  cpu: yes ({dev.get('cpu_physical_cores', '?')} physical cores; precision='bf16' "
+             f"{_bf16_words(dev)})",
              f"  gpu: {dev['gpu']}",
              f"cache: {cache['location']} ({'from ' + cache['set_by'] if cache['set_by'] != 'default' else 'default'}"
              f"{', offline mode' if cache['offline'] else ''})"]

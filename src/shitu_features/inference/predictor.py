@@ -279,7 +279,7 @@ def _require_cpu_bf16() -> None:
         # Without AVX512-BF16 / AMX oneDNN emulates bfloat16: correct, but slower than fp32, which defeats the
         # only reason to ask for it.
         warnings.warn("precision='bf16': this CPU has no AVX512-BF16 / AMX, so oneDNN emulates bfloat16 and it "
-                      "is likely slower than precision='fp32'", RuntimeWarning, stacklevel=4)
+                      "is likely slower than precision='fp32'", RuntimeWarning, stacklevel=3)
 
 
 def _call_first(config, names: tuple[str, ...], *args) -> None:
