@@ -268,6 +268,19 @@ def test_skip_loses_no_good_image(extractor: Extractor, preprocess_images: list[
     assert all(f.reason for f in result.failed)
 
 
+def test_skip_when_the_first_batch_is_all_bad_and_the_width_is_not_yet_known(
+        reference_dir: Path, preprocess_images: list[Path], bad_inputs: dict) -> None:
+    # The legacy export has no config.json: the embedding size is only known after a forward pass.
+    fresh = Extractor.from_pretrained(reference_dir / "legacy_infer")
+    assert fresh._embedding_size is None
+    bads = [b for b, _ in bad_inputs.values()][:2]
+    result = fresh.embed([*bads, *preprocess_images[:3]], batch_size=2, on_error="skip")
+    assert result.embeddings.shape == (3, 512) and result.indices.tolist() == [2, 3, 4]
+    batches = list(Extractor.from_pretrained(reference_dir / "legacy_infer").iter_embed(
+        [*bads, preprocess_images[0]], batch_size=2, on_error="skip"))
+    assert [b.embeddings.shape for b in batches] == [(0, 512), (1, 512)]
+
+
 def test_skip_with_every_input_bad_and_single_input(extractor: Extractor, bad_inputs: dict) -> None:
     result = extractor.embed([b for b, _ in bad_inputs.values()], batch_size=3, on_error="skip")
     assert result.embeddings.shape == (0, 512) and len(result.failed) == len(bad_inputs)

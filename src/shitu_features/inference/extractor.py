@@ -703,8 +703,9 @@ class Extractor:
         n = len(good_rows)
         indices = np.asarray([job.indices[r] for r in good_rows], dtype=np.int64)
         if n == 0:
-            width = self._embedding_size
-            return EmbedBatch(indices, np.empty((0, width if width is not None else 0), np.float32), failed)
+            # The true width even before any image has run (a model without config.json): a (0, 0) batch first
+            # would make embed() preallocate a zero-width output that the next good batch cannot fill.
+            return EmbedBatch(indices, np.empty((0, self.embedding_size), np.float32), failed)
         with self._run_lock:
             features = self._predictor.run(job.buffer[:n])
         if self._embedding_size is None:
