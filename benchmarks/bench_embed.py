@@ -651,7 +651,7 @@ def _summarise(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         print(f"  vs {_naive_name(threads)} at its best batch ({naive:.1f} img/s, batch "
               f"{naive_batch}): {emb / naive:.2f}x")
     shipped = [_median(r["result"]) for r in rows
-               if r["kind"] == "naive" and r["batch"] == 1 and r["name"].endswith(f" {DEPLOY_THREADS} threads")]
+               if r["kind"] == "naive" and r["batch"] == 1 and r["name"] == _naive_name(DEPLOY_THREADS)]
     if shipped:
         summary["embed_over_naive_as_shipped"] = emb / shipped[0]
         print(f"  vs the deploy loop as shipped (inference_rec.yaml: batch_size 1, cpu_num_threads "

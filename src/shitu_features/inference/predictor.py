@@ -26,7 +26,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import numpy as np
 
@@ -140,7 +140,7 @@ class Predictor:
             if not path.is_file():
                 raise ModelNotFoundError(f"inference {what} file not found: {str(path)!r}")
         self.device_kind, self.device_index = parse_device(device)
-        if precision not in ("fp32", "fp16", "bf16"):
+        if precision not in get_args(Precision):
             raise ConfigError(f"precision must be 'fp32', 'fp16' (GPU) or 'bf16' (CPU), got {precision!r}")
         if precision == "fp16" and self.device_kind == "cpu":
             raise ConfigError("precision='fp16' needs a GPU (device='gpu'); on CPU use 'fp32', or 'bf16' on a "
