@@ -166,6 +166,9 @@ def test_gallery_build_and_search(whole_run: WholeRun, model_dir: Path, cli_home
         # An image that is in the gallery finds itself first, with its folder as label and cosine ~1.
         assert hits[0]["path"] == str(query) and hits[0]["label"] == query.parent.name
         assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+        # Every hit carries its own item's path (metadata is looked up for all rows at once).
+        assert all(Path(h["path"]).parent.name == h["label"] for h in hits)
+        assert len({h["path"] for h in hits}) == len(hits)
 
 
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shitu_features.cli._common import one_line
+from shitu_features.cli._common import one_line, progress_bar, say
 
 
 @dataclass
@@ -48,8 +48,7 @@ def embed_paths(extractor: Any, paths: Sequence[str], *, batch_size: int, normal
     parts: list[np.ndarray] = []
     result = Embedded(np.empty((0, int(extractor.embedding_size)), np.float32))
     for batch in extractor.iter_embed(list(paths), batch_size, normalize=normalize, on_error=on_error):
-        if len(batch.indices):  # an all-failed batch may come back 0 x 0
-            parts.append(batch.embeddings)
+        parts.append(batch.embeddings)  # [n, D]; n is 0 for an all-failed batch
         result.ok.extend(int(i) for i in batch.indices)
         result.failed.extend((int(f.index), one_line(f.reason)) for f in batch.failed)
         if bar is not None:
@@ -59,3 +58,20 @@ def embed_paths(extractor: Any, paths: Sequence[str], *, batch_size: int, normal
     if len(result.ok) != result.vectors.shape[0]:  # an invariant of iter_embed; never write misaligned rows
         raise RuntimeError(f"iter_embed returned {result.vectors.shape[0]} rows for {len(result.ok)} images")
     return result
+
+
+def embed_and_report(args: Any, extractor: Any, paths: Sequence[str], desc: str) -> Embedded:
+    """:func:`embed_paths` with the command's ``--batch-size`` / ``--on-error``, a progress bar named ``desc``, and
+    one ``skipped PATH: reason`` line on stderr per unreadable image.
+
+    Returns:
+        The :class:`Embedded` rows.
+    """
+    bar = progress_bar(args, total=len(paths), desc=desc)
+    try:
+        got = embed_paths(extractor, paths, batch_size=args.batch_size, on_error=args.on_error, bar=bar)
+    finally:
+        bar.close()
+    for index, reason in got.failed:
+        say(args, f"skipped {paths[index]}: {reason}")
+    return got

@@ -327,9 +327,11 @@ def _assemble(store: ChunkStore, paths: Sequence[str], chunks: Sequence[tuple[in
     """Concatenate the committed chunks into the outputs; return (rows written, [(path, reason)] skipped)."""
     ok_paths: list[str] = []
     failures: list[tuple[str, str]] = []
+    arrays: list[np.ndarray] = []  # memory-mapped: checked here, streamed out below, never all in memory
     dim = store.dim
     for index, start, _ in chunks:
         vectors, ok, failed = store.load(index)
+        arrays.append(vectors)
         dim = vectors.shape[1]
         ok_paths.extend(paths[start + i] for i in ok)
         failures.extend((paths[start + i], reason) for i, reason in failed)
@@ -340,8 +342,8 @@ def _assemble(store: ChunkStore, paths: Sequence[str], chunks: Sequence[tuple[in
 
     def write_rows(handle: IO[bytes]) -> None:  # streamed: the whole array is never held in memory
         np.lib.format.write_array_header_1_0(handle, header)
-        for index, _, _ in chunks:
-            handle.write(store.load(index)[0].astype("<f4", copy=False).tobytes())
+        for vectors in arrays:
+            handle.write(vectors.astype("<f4", copy=False).tobytes())
 
     errors_file = f"{stem}.errors.tsv"
     if failures:

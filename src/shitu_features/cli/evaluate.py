@@ -10,16 +10,15 @@ from typing import Any
 import numpy as np
 
 from shitu_features.cli._common import (
-    add_model_options,
     LabelledList,
+    add_model_options,
     add_subcommand,
     load_extractor,
     positive_int,
-    progress_bar,
     read_labelled_list,
     say,
 )
-from shitu_features.cli._embedding import embed_paths
+from shitu_features.cli._embedding import embed_and_report
 from shitu_features.errors import ConfigError
 
 _DESCRIPTION = """\
@@ -104,13 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace, extractor: Any, paths: list[str], what: str) -> tuple[np.ndarray, np.ndarray, int]:
     """Embed ``paths``; return (vectors, indices of the embedded paths, number skipped)."""
-    bar = progress_bar(args, total=len(paths), desc=what)
-    try:
-        got = embed_paths(extractor, paths, batch_size=args.batch_size, on_error=args.on_error, bar=bar)
-    finally:
-        bar.close()
-    for index, reason in got.failed:
-        say(args, f"skipped {paths[index]}: {reason}")
+    got = embed_and_report(args, extractor, paths, what)
     return got.vectors, np.asarray(got.ok, dtype=np.int64), len(got.failed)
 
 

@@ -17,11 +17,10 @@ from shitu_features.cli._common import (
     labelled_folder,
     load_extractor,
     positive_int,
-    progress_bar,
     read_labelled_list,
     say,
 )
-from shitu_features.cli._embedding import embed_paths
+from shitu_features.cli._embedding import embed_and_report
 
 _DESCRIPTION = """\
 Recognition: embed a labelled catalogue once into a gallery file (`build`), then find the catalogue items
@@ -102,28 +101,16 @@ def run_build(args: argparse.Namespace) -> int:
         raise ImageNotFoundError(f"no such folder or list file: {args.source}")
     extractor = load_extractor(args)
     gallery = Gallery.load(args.output) if args.append and os.path.exists(args.output) else None
-    bar = progress_bar(args, total=len(items.paths), desc="gallery")
-    try:
-        got = embed_paths(extractor, items.paths, batch_size=args.batch_size, on_error=args.on_error, bar=bar)
-    finally:
-        bar.close()
-    for index, reason in got.failed:
-        say(args, f"skipped {items.paths[index]}: {reason}")
+    got = embed_and_report(args, extractor, items.paths, "gallery")
     keep = np.asarray(got.ok, dtype=np.int64)
     if gallery is None:
         gallery = Gallery(dim=int(extractor.embedding_size))
-    labels = [_plain(v) for v in items.labels[keep]]
     ids = None if items.unique_ids is None else items.unique_ids[keep]
-    gallery.add(got.vectors, labels, ids=ids, metadata=[{"path": items.paths[i]} for i in got.ok])
+    gallery.add(got.vectors, items.labels[keep], ids=ids, metadata=[{"path": items.paths[i]} for i in got.ok])
     gallery.save(args.output)
     say(args, f"gallery {args.output}: {len(gallery)} items, {len(set(gallery.labels))} labels, "
               f"{gallery.dim}-d (added {len(keep)}" + (f", skipped {len(got.failed)})" if got.failed else ")"))
     return 0
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar label as the Python int/str the gallery stores."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -136,21 +123,17 @@ def run_search(args: argparse.Namespace) -> int:
     gallery = Gallery.load(args.gallery)
     paths = expand_inputs(args.images, root=args.root)
     extractor = load_extractor(args)
-    bar = progress_bar(args, total=len(paths), desc="search")
-    try:
-        got = embed_paths(extractor, paths, batch_size=args.batch_size, on_error=args.on_error, bar=bar)
-    finally:
-        bar.close()
-    for index, reason in got.failed:
-        say(args, f"skipped {paths[index]}: {reason}")
+    got = embed_and_report(args, extractor, paths, "search")
     scores, labels, ids = gallery.search(got.vectors, k=args.topk, score_threshold=args.threshold)
+    # All hits' metadata in one lookup (each lookup sorts the gallery's ids), consumed in row-then-rank order.
+    found = ids >= 0
+    meta = iter(gallery.get_metadata(ids[found]) if found.any() else [])
     results = []
     for row, index in enumerate(got.ok):
-        hits = [i for i in range(scores.shape[1]) if ids[row, i] >= 0]
-        meta = gallery.get_metadata([int(ids[row, i]) for i in hits]) if hits else []
+        hits = [i for i in range(scores.shape[1]) if found[row, i]]
         results.append({"query": paths[index], "results": [
-            {"rank": n + 1, "label": _plain(labels[row, i]), "score": float(scores[row, i]),
-             "id": int(ids[row, i]), "path": (m or {}).get("path")} for n, (i, m) in enumerate(zip(hits, meta))]})
+            {"rank": n + 1, "label": labels[row, i], "score": float(scores[row, i]), "id": int(ids[row, i]),
+             "path": (next(meta) or {}).get("path")} for n, i in enumerate(hits)]})
     print(_render(results, args.format))
     return 0
 
