@@ -26,8 +26,9 @@ from shitu_features.errors import ConfigError, InvalidInputError
 from shitu_features.inference.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    _INTERPOLATIONS,
     PreprocessConfig,
-    normalize_to_chw,
+    normalization_lut,
     parse_scale,
     preprocess,
 )
@@ -48,13 +49,6 @@ __all__ = [
     "train_transform",
 ]
 
-_INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
 
 Size = Union[int, Sequence[int]]
 
@@ -304,9 +298,7 @@ class NormalizeImage:
         except ValueError as exc:  # pydantic's ValidationError is a ValueError too
             raise ConfigError(f"NormalizeImage: {exc}") from exc
         self.chw = chw
-        # normalize_to_chw of a 1 x 256 image holding every uint8 value: the exact per-value results
-        values = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
-        self._lut = normalize_to_chw(values, self.config)[:, 0, :].copy()  # [3, 256] float32
+        self._lut = normalization_lut(self.config)  # [3, 256] float32
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:

@@ -57,7 +57,7 @@ from shitu_features.inference.export import (
     write_model_files,
 )
 from shitu_features.inference.predictor import Precision, Predictor, parse_device, physical_cpu_count
-from shitu_features.inference.preprocess import PreprocessConfig, Preprocessor
+from shitu_features.inference.preprocess import PreprocessConfig, Preprocessor, _load_yaml
 
 __all__ = ["Extractor", "EmbedResult", "EmbedBatch", "EmbedFailure", "ZeroNormWarning"]
 
@@ -153,7 +153,8 @@ def l2_normalize(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     # Norms in float64: exact enough to match the reference's float32 x / sqrt(sum x^2) within 1e-7, and no
     # overflow / underflow of the sum of squares for extreme feature scales.
-    norms = np.sqrt(np.einsum("ij,ij->i", features.astype(np.float64), features.astype(np.float64)))
+    wide = features.astype(np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
     zero = norms == 0.0
     safe = np.where(zero, 1.0, norms)
     return (features / safe[:, None]).astype(np.float32, copy=False), zero
@@ -279,12 +280,7 @@ class Extractor:
             config = read_model_config(files.config_file)
             return config.preprocess, config.embedding_size, config.model_name or name
         if files.yml_file is not None:
-            import yaml
-
-            try:
-                doc = yaml.safe_load(Path(files.yml_file).read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"cannot read {files.yml_file}: {exc}") from exc
+            doc = _load_yaml(files.yml_file)
             preprocess = PreprocessConfig.from_inference_yml(doc if isinstance(doc, dict) else {})
             model_name = (doc.get("Global") or {}).get("model_name") if isinstance(doc, dict) else None
             return preprocess, None, str(model_name or name)

@@ -40,6 +40,7 @@ __all__ = [
     "Preprocessor",
     "resize",
     "normalize_to_chw",
+    "normalization_lut",
     "preprocess",
     "parse_scale",
 ]
@@ -256,6 +257,16 @@ def normalize_to_chw(img: np.ndarray, config: PreprocessConfig, out: np.ndarray 
     return out
 
 
+def normalization_lut(config: PreprocessConfig) -> np.ndarray:
+    """``float32 [3, 256]``: :func:`normalize_to_chw`'s value of every uint8 in each (model-order) channel.
+
+    Computed by normalising a 1 x 256 image that holds every value, so a lookup gives the arithmetic's results
+    bit for bit.
+    """
+    values = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    return normalize_to_chw(values, config)[:, 0, :].copy()
+
+
 def preprocess(img: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
     """Full deploy preprocessing of one RGB uint8 ``[H, W, 3]`` image -> float32 ``[3, h, w]``."""
     config = config or PreprocessConfig()
@@ -280,17 +291,9 @@ class Preprocessor:
         self.config = config or PreprocessConfig()
         self._size = tuple(self.config.size)
         self._interp = _INTERPOLATIONS[self.config.interpolation]
-        self._lut = self._build_lut(self.config)
+        self._lut = normalization_lut(self.config)
         # cv2.LUT wants one [256, 1] table per call; it maps uint8 -> float32 because the table is float32.
         self._cv_luts = [np.ascontiguousarray(self._lut[c]).reshape(256, 1) for c in range(3)]
-
-    @staticmethod
-    def _build_lut(config: PreprocessConfig) -> np.ndarray:
-        # Same float32 operations, in the same order, as normalize_to_chw: (float32(v) * scale - mean) / std.
-        values = np.arange(256, dtype=np.uint8).astype(np.float32)[None, :] * np.float32(config.scale)
-        values = values - np.asarray(config.mean, dtype=np.float32)[:, None]
-        values = values / np.asarray(config.std, dtype=np.float32)[:, None]
-        return np.ascontiguousarray(values, dtype=np.float32)  # [3, 256], model channel order
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
