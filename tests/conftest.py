@@ -5,14 +5,25 @@ or wherever ``SHITU_FEATURES_REFERENCE`` points. The datasets are at ``../shared
 ``SHITU_FEATURES_DATA``. When they are absent the tests that need them skip, unless
 ``SHITU_FEATURES_REQUIRE_FIXTURES=1`` (set by ``.ci/run``): then absence is a failure, so a wrong path can
 never turn the parity tests green by skipping.
+
+Network: every test runs with ``NO_PROXY``/``no_proxy`` covering loopback (inherited by subprocesses that copy
+``os.environ``), and tests that need a server use the ``loopback_server`` fixture (``tests/_http_server.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from _http_server import LoopbackServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,3 +61,30 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     for var in ("SHITU_FEATURES_OFFLINE", "SHITU_FEATURES_ENDPOINT", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # A proxy configured on the machine must not intercept loopback traffic (the test servers below).
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+def _load_http_helper() -> ModuleType:
+    # pytest runs with --import-mode=importlib (tests/ is not on sys.path), so the helper is loaded by path.
+    name = "_http_server"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_http_server.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up while the class body runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def loopback_server() -> Iterator[LoopbackServer]:
+    """A started :class:`_http_server.LoopbackServer` on 127.0.0.1 (free port), stopped after the test.
+
+    ``add(path, body, ...)`` serves bytes (optionally truncated, delayed or with another status), ``hits[path]``
+    and ``requests`` count what was fetched, ``stop()`` takes it down early (idempotent).
+    """
+    with _load_http_helper().LoopbackServer() as server:
+        yield server

@@ -7,19 +7,19 @@ without the internet.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import subprocess
 import sys
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from _http_server import LoopbackServer  # tests/_http_server.py, served by conftest's loopback_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
@@ -48,36 +48,16 @@ def test_setup_commands() -> None:
     assert (REPO_ROOT / "examples" / "embed_folder.py").is_file()
 
 
-class _CountingHandler(SimpleHTTPRequestHandler):
-    requests: list[str]
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture()
-def mirror(reference_dir: Path, tmp_path: Path) -> Iterator[tuple[str, list[str], ThreadingHTTPServer]]:
-    """A loopback server holding the fixture model (legacy format) as the official tarball."""
-    root = tmp_path / "mirror"
-    tar_path = root / OFFICIAL_PATH
+def mirror(reference_dir: Path, tmp_path: Path, loopback_server: LoopbackServer) -> LoopbackServer:
+    """The loopback server holding the fixture model (legacy format) as the official tarball, at its path."""
+    tar_path = tmp_path / "mirror" / Path(OFFICIAL_PATH).name
     tar_path.parent.mkdir(parents=True)
     with tarfile.open(tar_path, "w") as tar:
         for name in ("inference.pdmodel", "inference.pdiparams", "inference.pdiparams.info"):
             tar.add(reference_dir / "legacy_infer" / name, arcname=f"PP-ShiTuV2_rec_infer/{name}")
-    requests: list[str] = []
-    handler = type("Handler", (_CountingHandler,), {"requests": requests})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", requests, server
-    finally:
-        server.shutdown()
-        server.server_close()
+    loopback_server.add(f"/{OFFICIAL_PATH}", tar_path.read_bytes())  # any other path: 404
+    return loopback_server
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -88,24 +68,23 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_main_job_downloads_once_then_runs_from_the_cache(mirror: tuple[str, list[str], ThreadingHTTPServer],
-                                                          tmp_path: Path) -> None:
-    url, requests, server = mirror
+def test_main_job_downloads_once_then_runs_from_the_cache(mirror: LoopbackServer, tmp_path: Path) -> None:
+    url = mirror.base_url
     command = [sys.executable, str(REPO_ROOT / "examples" / "embed_folder.py")]  # MAIN_JOB after the install
     first = subprocess.run(command, cwd=tmp_path, env=_env(SHITU_FEATURES_ENDPOINT=url), capture_output=True,
                            text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert requests == [f"/{OFFICIAL_PATH}"]                        # the official file, fetched once
+    assert mirror.requests == [f"/{OFFICIAL_PATH}"]                 # the official file, fetched once
     vectors = np.load(tmp_path / "embeddings.npy")
     assert vectors.shape == (18, 512) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
-    server.shutdown()                                               # no network any more: the cache serves it
+    mirror.stop()                                                   # no network any more: the cache serves it
     (tmp_path / "embeddings.npy").unlink()
     second = subprocess.run(command, cwd=tmp_path, env=_env(SHITU_FEATURES_ENDPOINT=url), capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert len(requests) == 1
+    assert len(mirror.requests) == 1
     np.testing.assert_array_equal(np.load(tmp_path / "embeddings.npy"), vectors)
 
 
@@ -129,7 +108,7 @@ def test_main_job_without_network_fails_fast_with_advice(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_quick_start_runs(mirror: tuple[str, list[str], ThreadingHTTPServer], tmp_path: Path) -> None:
+def test_quick_start_runs(mirror: LoopbackServer, tmp_path: Path) -> None:
     import cv2
 
     sys.path.insert(0, str(REPO_ROOT / "examples"))
@@ -142,7 +121,7 @@ def test_quick_start_runs(mirror: tuple[str, list[str], ThreadingHTTPServer], tm
         assert cv2.imwrite(str(tmp_path / f"{name}.jpg"), draw_sample(label, size=128, seed=seed)[:, :, ::-1])
     code = _code_blocks(_section(README.read_text(encoding="utf-8"), "Quick start"), "python")[0]
     assert len([ln for ln in code.splitlines() if ln.strip()]) <= 10, "the quick start promises ten lines"
-    url, requests, _ = mirror
+    url = mirror.base_url
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(SHITU_FEATURES_ENDPOINT=url),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,7 +132,7 @@ def test_quick_start_runs(mirror: tuple[str, list[str], ThreadingHTTPServer], tm
     assert label in {"cola", "tea", "chips"}
     assert float(score) == pytest.approx(float(sims.max()), abs=1e-5)  # the top hit is the most similar image
     assert label == ["cola", "tea", "chips"][int(np.argmax(sims))]
-    assert requests == [f"/{OFFICIAL_PATH}"]
+    assert mirror.requests == [f"/{OFFICIAL_PATH}"]
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

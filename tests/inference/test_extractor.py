@@ -6,6 +6,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,6 +25,9 @@ from shitu_features.errors import (
 )
 from shitu_features.inference.extractor import EmbedResult, Extractor, ZeroNormWarning, l2_normalize
 from shitu_features.inference.preprocess import preprocess
+
+if TYPE_CHECKING:
+    from _http_server import LoopbackServer  # tests/_http_server.py, served by conftest's loopback_server
 
 
 def l2(x: np.ndarray) -> np.ndarray:
@@ -504,23 +508,17 @@ def test_progress_bar_and_iter_embed_input_check(extractor: Extractor, preproces
 
 
 def test_model_tar_over_http_is_downloaded_once_and_served_from_cache(
-        exported_dir: Path, preprocess_images: list[Path], expected_l2: np.ndarray, tmp_path: Path) -> None:
-    import importlib.util
-    import sys
+        exported_dir: Path, preprocess_images: list[Path], expected_l2: np.ndarray, tmp_path: Path,
+        loopback_server: LoopbackServer) -> None:
     import tarfile
 
-    spec = importlib.util.spec_from_file_location("_shitu_http_server", Path(__file__).with_name("_http_server.py"))
-    assert spec is not None and spec.loader is not None
-    helper = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, helper)
-    spec.loader.exec_module(helper)
     archive = tmp_path / "model_infer.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(exported_dir, arcname="model_infer")
-    with helper.LoopbackServer() as server:
-        url = server.add("/models/model_infer.tar", archive.read_bytes())
-        first = Extractor.from_pretrained(url, cache_dir=tmp_path / "cache")
-        assert server.hits["/models/model_infer.tar"] == 1
+    url = loopback_server.add("/models/model_infer.tar", archive.read_bytes())
+    first = Extractor.from_pretrained(url, cache_dir=tmp_path / "cache")
+    assert loopback_server.hits["/models/model_infer.tar"] == 1
+    loopback_server.stop()
     # The server is gone: the second load must come from the cache.
     second = Extractor.from_pretrained(url, cache_dir=tmp_path / "cache")
     assert second.model_dir == first.model_dir and first.source == url

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import multiprocessing
 import os
-import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -27,18 +26,9 @@ from shitu_features.errors import (
 from shitu_features.inference import hub
 from shitu_features.inference.registry import resolve_official
 
+if TYPE_CHECKING:
+    from _http_server import LoopbackServer  # tests/_http_server.py, served by conftest's loopback_server
 
-def _load_http_helper():  # type: ignore[no-untyped-def]
-    # pytest runs with --import-mode=importlib, so sibling helper modules are loaded by path.
-    spec = importlib.util.spec_from_file_location("_shitu_http_server", Path(__file__).with_name("_http_server.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class body runs
-    spec.loader.exec_module(module)
-    return module
-
-
-LoopbackServer = _load_http_helper().LoopbackServer
 
 PIR_FILES = {"inference.json": b'{"program": "pir"}', "inference.pdiparams": b"\x00" * 64, "inference.yml": b"x: 1\n"}
 
@@ -59,13 +49,9 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture()
-def server(monkeypatch: pytest.MonkeyPatch):
-    # A proxy configured on the machine must not intercept loopback traffic.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with LoopbackServer() as srv:
-        yield srv
+def server(loopback_server: LoopbackServer) -> LoopbackServer:
+    # tests/conftest.py starts it, stops it, and sets NO_PROXY and clears HF_HUB_OFFLINE for every test.
+    return loopback_server
 
 
 @pytest.fixture()

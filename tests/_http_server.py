@@ -30,13 +30,16 @@ class Route:
 class LoopbackServer:
     """``ThreadingHTTPServer`` on ``127.0.0.1`` with a free port, in a daemon thread.
 
-    Use as a context manager; ``hits[path]`` counts GET requests per path (404s included), ``stop()`` shuts
-    it down early so a test can prove that no network access happens afterwards.
+    Use as a context manager (or through the ``loopback_server`` fixture of ``tests/conftest.py``);
+    ``hits[path]`` counts GET requests per path (query string dropped, 404s included), ``requests`` lists every
+    GET's raw request target (query string kept) in arrival order, ``stop()`` shuts it down early so a test can
+    prove that no network access happens afterwards.
     """
 
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: collections.Counter[str] = collections.Counter()
+        self.requests: list[str] = []
         self._lock = threading.Lock()
         owner = self
 
@@ -45,6 +48,7 @@ class LoopbackServer:
                 path = self.path.split("?", 1)[0]
                 with owner._lock:
                     owner.hits[path] += 1
+                    owner.requests.append(self.path)
                 route = owner.routes.get(path)
                 if route is None:
                     self.send_error(404, "not found")
