@@ -29,9 +29,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from shitu_features.data import ImageDataset, class_disjoint_split, eval_transform, train_transform
+from shitu_features.data import ImageDataset, class_disjoint_split, eval_transform
 from shitu_features.training import TrainConfig, Trainer
-from shitu_features.training.trainer import preprocess_config_of
+from shitu_features.training.trainer import preprocess_config_of, train_transform_of
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grocery_store"
 
@@ -71,7 +71,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         "output.dir": str(output), "output.overwrite": True, "output.export": False,
         "runtime.seed": args.seed, "runtime.num_threads": args.num_threads or None, "runtime.progress_bar": None if rank == 0 else False,
     })
-    d = cfg.data
 
     # Every rank builds the same split in memory (no files to race on).
     full = ImageDataset.from_csv(args.data / "labels.csv", label_column="fine_id",
@@ -80,8 +79,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.max_eval_images and len(held_out) > args.max_eval_images:
         keep = np.sort(np.random.default_rng(args.seed).permutation(len(held_out))[: args.max_eval_images])
         held_out = held_out.subset(keep, relabel=False)
-    train.transform = train_transform(size, padding=d.pad, flip=d.flip, rotation_degrees=d.rotation_degrees,
-                                      rotation_prob=d.rotation_prob)
+    train.transform = train_transform_of(cfg)
     held_out.transform = eval_transform(preprocess_config_of(cfg))
 
     start = time.perf_counter()

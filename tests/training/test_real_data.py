@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shitu_features.data import ImageDataset, class_disjoint_split, eval_transform, train_transform
+from shitu_features.data import ImageDataset, class_disjoint_split, eval_transform
 from shitu_features.training import TrainConfig, Trainer
-from shitu_features.training.trainer import preprocess_config_of
+from shitu_features.training.trainer import preprocess_config_of, train_transform_of
 
 
 @pytest.mark.slow
@@ -27,10 +27,9 @@ def test_short_run_on_att_faces_learns_held_out_identities(att_faces: Path, tmp_
         "eval.every_n_epochs": 3, "eval.at_start": True,
         "output.dir": str(tmp_path / "run"), "output.export": False, "runtime.progress_bar": False,
     })
-    d = cfg.data
     faces = ImageDataset.from_csv(att_faces / "labels.csv", label_column="subject_id")
     train, held_out = class_disjoint_split(faces, 0.5, seed=0)
-    train.transform = train_transform(tuple(d.image_size), padding=d.pad, flip=d.flip, rotation_prob=d.rotation_prob)
+    train.transform = train_transform_of(cfg)
     held_out.transform = eval_transform(preprocess_config_of(cfg))
     assert not set(train.original_labels) & set(held_out.original_labels)
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import shutil
-import threading
 import urllib.parse
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import paddle
@@ -18,6 +16,10 @@ from shitu_features.models import BACKBONES, build_rec_model
 from shitu_features.serialization import save_state_dict
 from shitu_features.training import TrainConfig, Trainer
 from shitu_features.training.checkpoint import MODEL_FILE, STATE_FILE, load_training_checkpoint, save_checkpoint
+from shitu_features.training.trainer import train_transform_of
+
+if TYPE_CHECKING:
+    from _http_server import LoopbackServer  # tests/_http_server.py, served by conftest's loopback_server
 
 MakeConfig = Callable[..., TrainConfig]  # the make_config fixture of conftest.py
 
@@ -26,6 +28,19 @@ def test_missing_training_data_is_a_config_error(tmp_path: Path) -> None:
     cfg = TrainConfig().with_overrides({"model.pretrained": None, "output.dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="data.train is not set"):
         Trainer(cfg).setup()
+
+
+def test_train_transform_of_is_the_augmentation_the_trainer_uses(make_config: MakeConfig, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "run", **{"data.pad": 4, "data.rotation_degrees": 30.0, "data.rotation_prob": 1.0,
+                                          "data.interpolation": "bicubic", "data.mean": [0.5, 0.4, 0.3]})
+    trainer = Trainer(cfg)
+    trainer.setup()
+    train = trainer.train_dataset
+    assert train is not None
+    image = train.load_image(0)
+    used = train.transform(image, np.random.default_rng(7))
+    assert used.shape == (3, 32, 32)
+    np.testing.assert_array_equal(train_transform_of(cfg)(image, np.random.default_rng(7)), used)
 
 
 def test_output_dir_with_checkpoints_is_not_clobbered(make_config: MakeConfig, tmp_path: Path) -> None:
@@ -72,41 +87,22 @@ def test_recmodel_checkpoint_with_another_head_loads_strictly(
 
 
 def test_official_name_resolves_to_its_training_checkpoint(
-        make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        loopback_server: LoopbackServer) -> None:
     """``model.pretrained: PP-ShiTuV2`` downloads the official .pdparams (here from a loopback mirror)."""
     from shitu_features.inference.registry import OFFICIAL_MODELS
 
     paddle.seed(5)
     official = build_rec_model(class_num=11)
     save_state_dict(official.state_dict(), tmp_path / "ckpt.pdparams")
-    body = (tmp_path / "ckpt.pdparams").read_bytes()
     url = next(a.url for a in OFFICIAL_MODELS["PP-ShiTuV2"].artifacts if a.format == "pdparams")
     served = urllib.parse.urlsplit(url).path
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            hits.append(self.path)
-            ok = self.path == served
-            self.send_response(200 if ok else 404)
-            self.send_header("Content-Length", str(len(body) if ok else 0))
-            self.end_headers()
-            if ok:
-                self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("SHITU_FEATURES_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        trainer = Trainer(make_config(tmp_path / "run", **{"model.pretrained": "PP-ShiTuV2"}))
-        trainer.setup()
-    finally:
-        server.shutdown()
-    assert hits == [served]  # the training checkpoint, not an inference tarball
+    loopback_server.add(served, (tmp_path / "ckpt.pdparams").read_bytes())  # any other path: 404
+    monkeypatch.setenv("SHITU_FEATURES_ENDPOINT", loopback_server.base_url)
+    trainer = Trainer(make_config(tmp_path / "run", **{"model.pretrained": "PP-ShiTuV2"}))
+    trainer.setup()
+    loopback_server.stop()
+    assert loopback_server.requests == [served]  # the training checkpoint, not an inference tarball
     assert trainer.load_report is not None and list(trainer.load_report.skipped) == ["head.fc.weight"]
     np.testing.assert_array_equal(trainer.model.backbone.last_conv.weight.numpy(),
                                   official.backbone.last_conv.weight.numpy())

@@ -32,7 +32,7 @@ import paddle
 # shitu_features.data must be imported before shitu_features.inference.preprocess (import-order dependency
 # between the two packages); importing it first here keeps the trainer importable on its own.
 from shitu_features.data import DataLoader, ImageDataset, LabelMap, PKSampler, SequentialBatchSampler
-from shitu_features.data import eval_transform, train_transform
+from shitu_features.data import Compose, eval_transform, train_transform
 from shitu_features.errors import (
     CheckpointMismatchError,
     ConfigError,
@@ -42,7 +42,7 @@ from shitu_features.errors import (
 )
 from shitu_features.evaluation import retrieval_metrics
 from shitu_features.inference.preprocess import PreprocessConfig
-from shitu_features.losses import LossTerm, WeightedLoss, build_loss
+from shitu_features.losses import WeightedLoss
 from shitu_features.models import LoadReport, RecModel, build_rec_model, load_checkpoint
 from shitu_features.serialization import load_state_dict
 from shitu_features.training.checkpoint import (
@@ -63,7 +63,7 @@ from shitu_features.training.distributed import (
 from shitu_features.training.optim import build_optimizer, optimizer_state_from_named, optimizer_state_to_named
 from shitu_features.training.schedule import CosineWarmupSchedule
 
-__all__ = ["Trainer", "TrainResult", "EpochRecord", "build_dataset", "preprocess_config_of"]
+__all__ = ["Trainer", "TrainResult", "EpochRecord", "build_dataset", "preprocess_config_of", "train_transform_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,24 @@ def preprocess_config_of(config: TrainConfig) -> PreprocessConfig:
     d = config.data
     return PreprocessConfig(size=tuple(d.image_size), interpolation=d.interpolation, scale=d.scale,
                             mean=tuple(d.mean), std=tuple(d.std))
+
+
+def train_transform_of(config: TrainConfig) -> Compose:
+    """The training augmentation described by ``config.data`` (what :class:`Trainer` gives ``data.train``).
+
+    Args:
+        config: the training configuration; its ``data`` section gives the size, padding, flip, rotation,
+            interpolation and normalisation.
+
+    Returns:
+        A :class:`Compose` (see :func:`~shitu_features.data.train_transform`) mapping
+        ``[H, W, 3]`` uint8 RGB to ``[3, height, width]`` float32; useful to set on a ``train_dataset=`` passed to
+        :class:`Trainer`.
+    """
+    d = config.data
+    return train_transform(tuple(d.image_size), padding=d.pad, flip=d.flip, rotation_degrees=d.rotation_degrees,
+                           rotation_prob=d.rotation_prob, interpolation=d.interpolation, scale=d.scale,
+                           mean=d.mean, std=d.std)
 
 
 def build_dataset(spec: DatasetConfig, transform: Any) -> ImageDataset:
@@ -348,10 +366,7 @@ class Trainer:
             if d.train is None:
                 raise ConfigError("data.train is not set: give the training images (data.train.format/root/file) "
                                   "or pass train_dataset=")
-            self._train_dataset = build_dataset(
-                d.train, train_transform(tuple(d.image_size), padding=d.pad, flip=d.flip,
-                                         rotation_degrees=d.rotation_degrees, rotation_prob=d.rotation_prob,
-                                         interpolation=d.interpolation, scale=d.scale, mean=d.mean, std=d.std))
+            self._train_dataset = build_dataset(d.train, train_transform_of(cfg))
         train = self._train_dataset
         if train.label_map is None:
             raise ConfigError("the training dataset must be relabelled (relabel=True): its label map is saved with "
@@ -405,11 +420,9 @@ class Trainer:
             self.scaler = paddle.amp.GradScaler(init_loss_scaling=rt.amp_init_loss_scaling,
                                                 use_dynamic_loss_scaling=rt.amp_dynamic_loss_scaling)
         self.train_model: paddle.nn.Layer = (paddle.DataParallel(self.model) if self.ctx.enabled else self.model)
-        self.loss_fn = WeightedLoss([
-            LossTerm(name=term.type, weight=term.weight,
-                     loss=build_loss(term.type, **term.model_dump(exclude={"type", "weight"})))
-            for term in cfg.loss.terms
-        ])
+        # Each term is named after its type, with its weight popped from the keywords (types are unique).
+        self.loss_fn = WeightedLoss.from_config([{term.type: term.model_dump(exclude={"type"})}
+                                                 for term in cfg.loss.terms])
 
     def _load_pretrained(self, spec: str) -> LoadReport:
         path = _resolve_weights(spec)
@@ -619,13 +632,11 @@ class Trainer:
         sampler = SequentialBatchSampler(len(dataset), self.config.eval.batch_size, rank=self.ctx.rank,
                                          world_size=self.ctx.world_size)
         loader = DataLoader(dataset, sampler, num_workers=self.config.data.num_workers, seed=0, rank=self.ctx.rank)
-        use_neck = self.config.eval.feature_from == "features" and model.neck is not None
+        embed = model.embed if self.config.eval.feature_from == "features" else model.backbone
         chunks = []
         with paddle.no_grad(), paddle.amp.auto_cast(enable=self.amp, level=self.config.runtime.amp_level):
             for batch in loader:
-                feat = model.backbone(paddle.to_tensor(batch.images))
-                if use_neck:
-                    feat = model.neck(feat)  # type: ignore[misc]  # not None: checked in use_neck
+                feat = embed(paddle.to_tensor(batch.images))
                 chunks.append(feat.astype("float32").numpy())
         if was_training:
             model.train()
