@@ -64,3 +64,16 @@ def test_imagenet_backbone_checkpoint_loads_non_strict_with_report() -> None:
     assert any("stages.3.0.dw_conv_list.2" in k for k in report.missing)  # the new 1x1 branch
     assert "backbone.last_conv.bias" in report.missing
     np.testing.assert_array_equal(model.backbone.stem[0].conv.weight.numpy(), imagenet["stem.0.conv.weight"].numpy())
+
+
+def test_values_are_cast_to_each_parameters_dtype(ckpt: dict) -> None:
+    # A float16 copy of the model (as after model.to(dtype=...)) takes the float32 checkpoint in its own dtype.
+    model = build_rec_model(class_num=100)
+    model.to(dtype="float16")
+    report = load_checkpoint(model, ckpt)
+    assert not report.skipped and not report.missing
+    state = model.state_dict()
+    key = next(k for k, v in state.items() if v.dtype == paddle.float16 and "weight" in k)
+    got = state[key].numpy()
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, np.asarray(ckpt[key]).astype(np.float16))

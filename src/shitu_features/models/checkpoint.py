@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Union
 import numpy as np
 import paddle
 from paddle import nn
+from paddle.base.data_feeder import convert_dtype
 
 from shitu_features.errors import CheckpointMismatchError
 
@@ -122,7 +123,9 @@ def load_checkpoint(model: nn.Layer, state_dict: Union[StateDict, str, "os.PathL
                 errors.append(f"{key}: {reason}")
             report.skipped[key] = reason
             continue
-        own[key].set_value(array.astype(own[key].numpy().dtype, copy=False))
+        # The parameter's numpy dtype from its Paddle dtype (bfloat16 -> uint16, as .numpy() gives), without
+        # copying the parameter to the host only to read it (the 192k-class head is ~400 MB).
+        own[key].set_value(array.astype(convert_dtype(own[key].dtype), copy=False))
         report.loaded.append(key)
     report.missing = [k for k in own if k not in ckpt]
     errors += [f"missing key {k}" for k in report.missing if not k.startswith(_HEAD_PREFIX)]
