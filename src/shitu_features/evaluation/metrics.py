@@ -298,9 +298,9 @@ def _rank_queries(
                 # spec §8.4: excluded iff same label AND same camera (the reference's keep: label != or camera !=).
                 # Exact mode drops them (-inf is below every real score, see _rank_block); the reference
                 # multiplies their similarity by 0 and keeps them ranked as non-matches.
-                excluded = same_label[cams[1][same_label] == cams[0][query]]
-                scores[row, excluded] = -np.inf if drop_excluded else np.float32(0.0)
-                same_label = same_label[cams[1][same_label] != cams[0][query]]
+                same_camera = cams[1][same_label] == cams[0][query]
+                scores[row, same_label[same_camera]] = -np.inf if drop_excluded else np.float32(0.0)
+                same_label = same_label[~same_camera]
             match_scores.append(scores[row, same_label])
             scores[row, same_label] = -np.inf  # matches leave the row; only non-matches get sorted
         _rank_block(scores, match_scores, first_rank[start:stop], average_precision[start:stop],
