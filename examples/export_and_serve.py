@@ -36,6 +36,7 @@ from shitu_features import Extractor, ShituFeaturesError, build_rec_model, load_
 from shitu_features.errors import DownloadError, OfflineError
 from shitu_features.inference.export import export_inference_model
 from shitu_features.inference.hub import resolve
+from shitu_features.inference.hub import mirror_url
 from shitu_features.inference.registry import DEFAULT_MODEL, OFFICIAL_MODELS
 
 CHECKPOINT_ENV = "SHITU_FEATURES_EXAMPLE_CHECKPOINT"
@@ -122,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="0 = any free port")
     parser.add_argument("--self-test", action="store_true", help="send test requests to the server, then exit")
     args = parser.parse_args(argv)
-    checkpoint = args.checkpoint or next(
-        a.url for a in OFFICIAL_MODELS[DEFAULT_MODEL].artifacts if a.format == "pdparams")
+    # The official training checkpoint, through SHITU_FEATURES_ENDPOINT when a mirror is set.
+    checkpoint = args.checkpoint or mirror_url(next(
+        a.url for a in OFFICIAL_MODELS[DEFAULT_MODEL].artifacts if a.format == "pdparams"))
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

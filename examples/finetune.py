@@ -25,15 +25,10 @@ from pathlib import Path
 
 from shitu_features import Extractor
 from shitu_features.errors import DownloadError, OfflineError
-from shitu_features.inference.registry import DEFAULT_MODEL, OFFICIAL_MODELS
+from shitu_features.inference.registry import DEFAULT_MODEL
 from shitu_features.training import TrainConfig, Trainer
 
 CHECKPOINT_ENV = "SHITU_FEATURES_EXAMPLE_CHECKPOINT"
-
-
-def official_checkpoint_url() -> str:
-    """URL of the official PP-ShiTuV2 training checkpoint (``.pdparams``) from the model registry."""
-    return next(a.url for a in OFFICIAL_MODELS[DEFAULT_MODEL].artifacts if a.format == "pdparams")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or Path(tmp) / "run"
 
         overrides = {
-            "model.pretrained": args.pretrained or official_checkpoint_url(),
+            # An official name resolves to its training checkpoint, through the mirror when one is set.
+            "model.pretrained": args.pretrained or DEFAULT_MODEL,
             "data.train": {"format": "folder", "root": str(root)},
             "data.query": {"format": "folder", "root": str(root)},   # no gallery: each image searches the others
             "data.batch_size": args.batch_size,
